@@ -1,0 +1,187 @@
+"""Turn a submitted batch into rows of the status table and chunk descriptors.
+
+Every request is checked against the interface catalog and the gateway's institutions before
+anything is stored. A valid request becomes a ``PENDING`` row with its chunk number; an invalid
+one becomes a ``REJECTED`` row that says why and is never sent; the rest of the batch goes on.
+Requests whose ``request_id`` is already in the table (the same batch submitted again) are left
+as they are: a ``request_id`` is an idempotency key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from medins.catalog import SESSION, Catalog
+from medins.masking import mask_text
+from medins.states import RequestState
+from medins.store import RequestRow
+
+#: Most requests one batch may carry; also the ``maxItems`` of the trigger form's schema.
+MAX_REQUESTS = 50_000
+#: Most chunks one batch is split into: ``[core] max_map_length`` is 1024.
+MAX_CHUNKS = 1000
+REQUEST_FIELDS = frozenset({"api_code", "data", "org_code", "request_id", "insuplc_admdvs"})
+REQUEST_ID = re.compile(r"^[A-Za-z0-9_.:@-]{1,128}$")
+ADMDVS = re.compile(r"^\d{6}$")
+BATCH_ID = re.compile(r"^[A-Za-z0-9_.:+@-]{1,64}$")
+
+
+@dataclass
+class BatchPlan:
+    """The rows and chunk descriptors of one batch, before they are stored."""
+
+    batch_id: str
+    rows: list[RequestRow]
+    chunks: list[dict[str, Any]]
+    rejected: int = 0
+    by_api: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def total(self) -> int:
+        """Return how many requests the batch carries."""
+        return len(self.rows)
+
+
+def batch_id_for(run_id: str, requested: str | None = None) -> str:
+    """Return the batch id: the one the caller chose, else the DAG run id (hashed when too long)."""
+    if requested:
+        if not BATCH_ID.match(requested):
+            raise ValueError(f"batch_id {requested!r} must be 1-64 letters, digits or _.:+@-")
+        return requested
+    if BATCH_ID.match(run_id):
+        return run_id
+    return "run-" + hashlib.sha256(run_id.encode()).hexdigest()[:32]
+
+
+def plan_batch(
+    requests: Iterable[Any],
+    *,
+    batch_id: str,
+    catalog: Catalog,
+    institutions: Mapping[str, Any],
+    chunk_size: int = 250,
+) -> BatchPlan:
+    """
+    Check every request and plan the batch's rows and chunks.
+
+    :param requests: The submitted requests, each ``{api_code, data, org_code, request_id?}``.
+    :param batch_id: Id of the batch the rows belong to.
+    :param catalog: Interface catalog to check against.
+    :param institutions: The institutions the gateway Connection serves, by code.
+    :param chunk_size: Requests per chunk; raised when the batch would need more than ``MAX_CHUNKS``.
+    """
+    rows: list[RequestRow] = []
+    seen_ids: dict[str, int] = {}
+    valid: list[RequestRow] = []
+    only_org = next(iter(institutions)) if len(institutions) == 1 else None
+
+    for index, request in enumerate(requests):
+        reasons, request_id = _check_request(request, index, catalog, institutions, only_org, seen_ids)
+        data = dict(request) if isinstance(request, Mapping) else {"raw": request}
+        api_code = str(data.get("api_code", ""))[:8] or None
+        org_code = data.get("org_code") or only_org
+        interface = catalog.get(api_code or "")
+        row = RequestRow(
+            task_id=request_id or f"{batch_id}-{index:06d}",
+            status=RequestState.REJECTED if reasons else RequestState.PENDING,
+            data={"request": {**data, "org_code": org_code} if not reasons else data, "index": index},
+            batch_id=batch_id,
+            chunk_no=None,
+            api_code=api_code,
+            org_code=str(org_code)[:32] if org_code else None,
+            kind=interface.kind if interface else "query",
+            error=mask_text("; ".join(reasons))[:1000] if reasons else None,
+        )
+        rows.append(row)
+        if not reasons:
+            valid.append(row)
+
+    size = max(1, chunk_size, math.ceil(len(valid) / MAX_CHUNKS))
+    chunks: list[dict[str, Any]] = []
+    for start in range(0, len(valid), size):
+        members = valid[start : start + size]
+        chunk_no = len(chunks)
+        for row in members:
+            row.chunk_no = chunk_no
+        apis = Counter(row.api_code for row in members)
+        chunks.append(
+            {
+                "batch_id": batch_id,
+                "chunk_no": chunk_no,
+                "size": len(members),
+                "label": f"#{chunk_no} {len(members)} req: "
+                + " ".join(f"{code}×{count}" for code, count in sorted(apis.items())),
+            }
+        )
+    return BatchPlan(
+        batch_id=batch_id,
+        rows=rows,
+        chunks=chunks,
+        rejected=len(rows) - len(valid),
+        by_api=Counter(row.api_code or "?" for row in rows),
+    )
+
+
+def _check_request(
+    request: Any,
+    index: int,
+    catalog: Catalog,
+    institutions: Mapping[str, Any],
+    only_org: str | None,
+    seen_ids: dict[str, int],
+) -> tuple[list[str], str | None]:
+    """Return the reasons a request is invalid, and its usable ``request_id`` if it has one."""
+    if not isinstance(request, Mapping):
+        return [f"request #{index} must be an object, got {type(request).__name__}"], None
+    reasons: list[str] = []
+
+    request_id = request.get("request_id")
+    if request_id is not None:
+        if not isinstance(request_id, str) or not REQUEST_ID.match(request_id):
+            reasons.append("request_id must be 1-128 letters, digits or _.:@-")
+            request_id = None
+        elif request_id in seen_ids:
+            reasons.append(f"duplicate request_id {request_id} (first at request #{seen_ids[request_id]})")
+            request_id = None
+        else:
+            seen_ids[request_id] = index
+
+    unknown = sorted(set(request) - REQUEST_FIELDS)
+    if unknown:
+        reasons.append(
+            f"unknown field(s) {', '.join(map(str, unknown))}; allowed: {', '.join(sorted(REQUEST_FIELDS))}"
+        )
+
+    api_code = request.get("api_code")
+    interface = catalog.get(api_code) if isinstance(api_code, str) else None
+    if api_code in (None, ""):
+        reasons.append("api_code is required")
+    elif interface is None:
+        reasons.append(f"unknown interface {api_code!r}: not in the interface catalog")
+    elif interface.kind == SESSION:
+        reasons.append(
+            f"interface {api_code} ({interface.name}) is a session call the gateway hook makes itself"
+        )
+
+    org_code = request.get("org_code") or only_org
+    if not org_code:
+        reasons.append("org_code is required: the gateway Connection serves several institutions")
+    elif org_code not in institutions:
+        reasons.append(f"institution {org_code!r} is not configured in the gateway Connection")
+
+    admdvs = request.get("insuplc_admdvs")
+    if admdvs is not None and not (isinstance(admdvs, str) and ADMDVS.match(admdvs)):
+        reasons.append("insuplc_admdvs must be 6 digits")
+
+    data = request.get("data")
+    if data is None:
+        reasons.append("data is required")
+    elif interface is not None and interface.kind != SESSION:
+        reasons.extend(interface.validate(data))
+    return reasons, request_id
