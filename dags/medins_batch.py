@@ -1,0 +1,87 @@
+"""
+### medins_batch: a batch of medical-insurance interface calls (医保接口批量调用)
+
+Trigger it with a `conf` holding `requests`, a list of
+`{"api_code": "1101", "org_code": "H44010600001", "data": {...}, "request_id": "..."}`.
+
+1. **register** checks every request against the interface catalog and stores it as a row of
+   `async_task_status`: `PENDING` when valid, `REJECTED` with the reason when not (never sent).
+   The batch gets a row of its own with its progress.
+2. **send_chunk** is mapped over chunks of the batch (descriptors only: batch id and chunk
+   number). Each chunk sends its open requests concurrently through the gateway hook and writes
+   every outcome back in bulk. Queries are retried on transient errors; a write whose reply was
+   lost becomes `UNKNOWN` and is never sent twice.
+3. **summarize** writes the batch's final counts, and fails the run if requests were left open.
+
+The status table is the source of truth: clearing a failed chunk re-sends only its requests that
+are not final.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pendulum
+from airflow.sdk import dag, task
+
+from medins.operators.chunk import MedicalInsuranceChunkOperator
+from medins.params import batch_params
+
+STATUS_CONN_ID = "medins_status_default"
+GATEWAY_CONN_ID = "medins_gateway_default"
+
+
+@dag(
+    schedule=None,
+    start_date=pendulum.datetime(2026, 1, 1, tz="Asia/Shanghai"),
+    catchup=False,
+    tags=["medins", "batch"],
+    doc_md=__doc__,
+    params=batch_params(),
+    max_active_tasks=16,
+    default_args={
+        "owner": "medins",
+        "queue": "default",
+        "retries": 3,
+        "retry_delay": timedelta(seconds=10),
+        "retry_exponential_backoff": True,
+        "max_retry_delay": timedelta(minutes=5),
+        "execution_timeout": timedelta(minutes=10),
+    },
+)
+def medins_batch():
+    @task
+    def register(params=None, run_id=None, dag=None) -> list[dict]:
+        from medins.tasks import register_batch
+
+        return register_batch(
+            params["requests"],
+            run_id=run_id,
+            dag_id=dag.dag_id,
+            batch_id=params.get("batch_id"),
+            chunk_size=params["chunk_size"],
+            concurrency=params["concurrency"],
+            medins_conn_id=GATEWAY_CONN_ID,
+            status_conn_id=STATUS_CONN_ID,
+        )
+
+    chunks = register()
+
+    send_chunk = MedicalInsuranceChunkOperator.partial(
+        task_id="send_chunk",
+        queue="medical_batch",
+        medins_conn_id=GATEWAY_CONN_ID,
+        status_conn_id=STATUS_CONN_ID,
+        map_index_template="{{ task.chunk['label'] }}",
+    ).expand(chunk=chunks)
+
+    @task(trigger_rule="all_done", retries=0)
+    def summarize(params=None, run_id=None) -> dict:
+        from medins.tasks import summarize_batch
+
+        return summarize_batch(run_id=run_id, batch_id=params.get("batch_id"), status_conn_id=STATUS_CONN_ID)
+
+    send_chunk >> summarize()
+
+
+medins_batch()

@@ -1,0 +1,72 @@
+"""The trigger-time ``Params`` of the batch DAG: a bad ``conf`` is refused with the schema's reason."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow.sdk import Param
+
+from medins.batch import MAX_REQUESTS
+
+_REQUEST_EXAMPLE = {
+    "api_code": "1101",
+    "org_code": "H44010600001",
+    "request_id": "clinic-20261203-0001",
+    "data": {"mdtrt_cert_type": "02", "mdtrt_cert_no": "440106199001011234", "psn_name": "张三"},
+}
+
+REQUEST_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "api_code": {"type": "string", "description": "4-digit interface number, e.g. 1101"},
+        "org_code": {"type": "string", "description": "12-character institution code (定点医药机构编号)"},
+        "request_id": {"type": "string", "description": "your idempotency key; a repeated id adds nothing"},
+        "insuplc_admdvs": {
+            "type": "string",
+            "description": "insurance area of the person, when not the default",
+        },
+        "data": {"type": "object", "description": "the interface's input"},
+    },
+}
+
+
+def batch_params() -> dict[str, Param]:
+    """Return the ``Params`` of ``medins_batch``, with titles and descriptions for the trigger form."""
+    return {
+        "requests": Param(
+            type="array",
+            minItems=1,
+            maxItems=MAX_REQUESTS,
+            items=REQUEST_SCHEMA,
+            title="Requests",
+            description=(
+                f"1 to {MAX_REQUESTS:,} requests, each an object with api_code, org_code, data and an "
+                "optional request_id. Invalid single requests are stored as REJECTED with the reason; "
+                f"the rest run. Example: [{_REQUEST_EXAMPLE}]"
+            ),
+            examples=[[_REQUEST_EXAMPLE]],
+        ),
+        "batch_id": Param(
+            None,
+            type=["null", "string"],
+            pattern=r"^[A-Za-z0-9_.:+@-]{1,64}$",
+            title="Batch id",
+            description="Optional name of the batch (1-64 letters, digits or _.:+@-); else the DAG run id.",
+        ),
+        "chunk_size": Param(
+            250,
+            type="integer",
+            minimum=1,
+            maximum=5000,
+            title="Requests per chunk",
+            description="Each chunk is one mapped task instance; raised when a batch would need over 1,000.",
+        ),
+        "concurrency": Param(
+            16,
+            type="integer",
+            minimum=1,
+            maximum=64,
+            title="Calls in flight per chunk",
+            description="Concurrent gateway calls within one chunk.",
+        ),
+    }

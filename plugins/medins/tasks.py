@@ -1,0 +1,111 @@
+"""The work of ``medins_batch``'s Python tasks, kept out of the DAG file."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from medins.batch import batch_id_for, plan_batch
+from medins.hooks.gateway import MedicalInsuranceHook
+from medins.progress import refresh_progress
+from medins.states import BatchState
+from medins.store import StatusStore
+from medins.timeutil import now_cst
+
+log = logging.getLogger(__name__)
+
+
+def register_batch(
+    requests: Sequence[Any],
+    *,
+    run_id: str,
+    dag_id: str,
+    batch_id: str | None = None,
+    chunk_size: int = 250,
+    concurrency: int = 16,
+    medins_conn_id: str = MedicalInsuranceHook.default_conn_name,
+    status_conn_id: str = StatusStore.default_conn_name,
+) -> list[dict[str, Any]]:
+    """Store every request of the batch as a row and return the chunk descriptors to map over."""
+    batch_id = batch_id_for(run_id, batch_id)
+    hook = MedicalInsuranceHook(medins_conn_id=medins_conn_id)
+    plan = plan_batch(
+        requests,
+        batch_id=batch_id,
+        catalog=hook.catalog,
+        institutions=hook.institutions,
+        chunk_size=chunk_size,
+    )
+
+    with StatusStore.from_conn_id(status_conn_id) as store:
+        existing = store.get_batch(batch_id)
+        inserted = store.register(plan.rows)
+        info = {
+            "dag_id": dag_id,
+            "run_id": run_id,
+            "submitted": plan.total,
+            "rejected": plan.rejected,
+            "chunks": len(plan.chunks),
+            "by_api": dict(sorted(plan.by_api.items())),
+            "started_at": (existing.data.get("started_at") if existing else None) or now_cst().isoformat(),
+        }
+        store.put_batch(batch_id, BatchState.RUNNING, {**(existing.data if existing else {}), **info})
+        progress = refresh_progress(store, batch_id)
+
+    skipped = plan.total - inserted
+    log.info(
+        "Batch %s: %d requests, %d rejected at the door, %d chunks; %d stored now, %d already in the table",
+        batch_id,
+        plan.total,
+        plan.rejected,
+        len(plan.chunks),
+        inserted,
+        skipped,
+    )
+    if skipped and not existing:
+        log.warning(
+            "%d request_ids of batch %s were already stored by an earlier batch and are left as they are",
+            skipped,
+            batch_id,
+        )
+    log.info("Progress of batch %s: %s", batch_id, progress["counts"])
+    return [{**chunk, "concurrency": concurrency} for chunk in plan.chunks]
+
+
+def summarize_batch(
+    *,
+    run_id: str,
+    batch_id: str | None = None,
+    status_conn_id: str = StatusStore.default_conn_name,
+) -> dict[str, Any]:
+    """Write the batch's final counts and progress; fail when requests were left open."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    batch_id = batch_id_for(run_id, batch_id)
+    with StatusStore.from_conn_id(status_conn_id) as store:
+        batch = store.get_batch(batch_id)
+        cancelled = batch is not None and batch.status == BatchState.CANCELLED
+        progress = refresh_progress(store, batch_id)
+        left_open = progress["total"] - progress["current"]
+        status = (
+            BatchState.CANCELLED if cancelled else (BatchState.DONE if not left_open else BatchState.RUNNING)
+        )
+        progress = refresh_progress(store, batch_id, status=status, finished_at=now_cst().isoformat())
+
+    log.info(
+        "Batch %s %s: %d of %d requests final (%.1f%%); by state: %s",
+        batch_id,
+        status,
+        progress["current"],
+        progress["total"],
+        progress["percentage"],
+        ", ".join(f"{state} {count}" for state, count in progress["counts"].items()),
+    )
+    if left_open and not cancelled:
+        raise AirflowFailException(
+            f"{left_open} requests of batch {batch_id} are not final: a chunk failed after all its tries. "
+            "Clear the failed send_chunk task instances to resume them; "
+            "succeeded requests are not sent again."
+        )
+    return {key: progress[key] for key in ("current", "total", "percentage", "counts")}

@@ -1,0 +1,165 @@
+"""``medins_batch`` end to end with ``dag.test()``: a batch with faults, and every row's final state."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+
+import pytest
+from samples.fake_people import make_person
+
+from tests.conftest import ROOT, gateway_connection
+
+FAULTS = {
+    "latency_ms": 2,
+    "jitter_ms": 2,
+    "error_5xx": 0.08,
+    "drop": 0.04,
+    "lost_reply": 0.05,
+    "business_error": 0.02,
+}
+OPEN_STATES = {"PENDING", "PROCESSING", "RETRY"}
+
+
+def sample_requests(count: int, prefix: str) -> list[dict]:
+    """Return the demo batch's first ``count`` valid requests and all its invalid ones, ids prefixed."""
+    batch = json.loads((ROOT / "include/samples/demo_batch.json").read_text(encoding="utf-8"))
+    valid, invalid = batch[:count], batch[-8:]
+    chosen = [dict(r) for r in valid + invalid]
+    for request in chosen:
+        if "request_id" in request:
+            request["request_id"] = f"{prefix}-{request['request_id']}"
+    rng = random.Random(3)
+    for i in range(40):  # settlements, so the batch holds enough writes
+        person = make_person(rng)
+        chosen.append(
+            {
+                "request_id": f"{prefix}-settle-{i}",
+                "api_code": "2207",
+                "org_code": "H44010600001",
+                "data": {
+                    "psn_no": person.psn_no, "mdtrt_cert_type": "02", "mdtrt_id": f"{prefix}-MDT-{i}",
+                    "chrg_bchno": f"CB{i}", "insutype": "310", "medfee_sumamt": 99.5, "psn_setlway": "01",
+                },
+            }
+        )  # fmt: skip
+    return chosen
+
+
+@pytest.fixture(params=["sqlite", "mariadb"])
+def status_backend(request, tmp_path, monkeypatch):
+    """Point ``medins_status_default`` at a fresh SQLite file or a throwaway MariaDB database."""
+    from medins.store import StatusStore
+
+    if request.param == "sqlite":
+        connection = {"conn_type": "sqlite", "host": str(tmp_path / "status.db")}
+    else:
+        database = request.getfixturevalue("mariadb_database")
+        connection = {
+            "conn_type": "mysql", "host": "127.0.0.1", "port": 3306, "login": "root", "schema": database,
+            "extra": {"charset": "utf8mb4"},
+        }  # fmt: skip
+    monkeypatch.setenv("AIRFLOW_CONN_MEDINS_STATUS_DEFAULT", json.dumps(connection))
+    with StatusStore.from_conn_id("medins_status_default") as store:
+        store.create_schema()
+    return request.param
+
+
+@pytest.fixture
+def gateway(sandbox, monkeypatch):
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_MEDINS_GATEWAY_DEFAULT", json.dumps(gateway_connection(sandbox.port, orgs=5))
+    )
+    return sandbox
+
+
+def run_batch(conf: dict):
+    from airflow.dag_processing.dagbag import DagBag
+
+    dag = DagBag(dag_folder=str(ROOT / "dags")).dags["medins_batch"]
+    return dag.test(run_conf=conf)
+
+
+@pytest.mark.e2e
+def test_batch_with_faults_ends_with_every_row_final_and_nothing_sent_twice(
+    airflow_db, gateway, status_backend
+):
+    from medins.store import StatusStore
+
+    requests = sample_requests(300 if status_backend == "mariadb" else 600, status_backend)
+    gateway.set_faults(**FAULTS)
+
+    dag_run = run_batch({"requests": requests, "chunk_size": 100, "concurrency": 8})
+
+    with StatusStore.from_conn_id("medins_status_default") as store:
+        rows = [row for row in store.rows(dag_run.run_id) if row.kind != "batch"]
+        batch = store.get_batch(dag_run.run_id)
+    messages = {m["msgid"]: m for m in gateway.messages()["messages"]}
+    stats = gateway.stats()
+    by_state = Counter(row.status for row in rows)
+
+    assert str(dag_run.state) == "success"
+    assert len(rows) == len(requests)
+    assert not OPEN_STATES & set(by_state), by_state
+    assert by_state["REJECTED"] == 8
+    assert by_state["SUCCESS"] > len(requests) * 0.8
+    assert by_state["UNKNOWN"] >= 1 and by_state["FAILURE"] >= 1, by_state  # the faults did happen
+    assert stats["by_outcome"].get("error_5xx", 0) >= 1 and stats["by_outcome"].get("dropped", 0) >= 1
+    assert batch.status == "DONE" and batch.data["percentage"] == 100.0
+    assert batch.data["current"] == batch.data["total"] == len(rows)
+
+    # Nothing sent twice: no msgid reused; no settlement applied twice; no success re-sent.
+    assert stats["duplicate_msgids"] == []
+    assert stats["double_settlements"] == 0
+    for row in rows:
+        sent = [messages[m] for m in row.data.get("msgids", []) if m in messages]
+        applied = [o for m in sent for o in m["outcomes"] if o in ("ok", "ok_reply_lost")]
+        if row.status == "SUCCESS":
+            assert applied.count("ok") == 1, row.task_id
+        if row.kind == "write":
+            assert len(applied) <= 1, row.task_id
+        if row.status == "REJECTED":
+            assert row.attempts == 0 and not row.data.get("msgids") and row.error, row.task_id
+        if row.status == "UNKNOWN":
+            assert row.kind == "write" and "never send it again" in row.error
+
+
+@pytest.mark.e2e
+def test_invalid_requests_are_rejected_with_their_reason_and_never_sent(airflow_db, gateway, status_backend):
+    from medins.store import StatusStore
+
+    requests = sample_requests(5, f"rej-{status_backend}")
+
+    dag_run = run_batch({"requests": requests})
+
+    with StatusStore.from_conn_id("medins_status_default") as store:
+        reasons = " | ".join(row.error for row in store.rows(dag_run.run_id, statuses=["REJECTED"]))
+    for reason in (
+        "unknown interface '9999'",
+        "missing required field mdtrt_cert_no",
+        "mdtrt_cert_type must be one of 01, 02, 03",
+        "medfee_sumamt must be a number",
+        "is not configured",
+        "query_date must be a date",
+        "duplicate request_id",
+        "unknown field(s) note",
+    ):
+        assert reason in reasons
+    assert gateway.stats()["received"] - gateway.stats()["by_infno"].get("9001", 0) == 45
+
+
+@pytest.mark.e2e
+def test_rerun_of_a_finished_batch_sends_nothing(airflow_db, gateway, status_backend):
+    from medins.hooks.gateway import MedicalInsuranceHook
+    from medins.runner import ChunkRunner
+    from medins.store import StatusStore
+
+    dag_run = run_batch({"requests": sample_requests(50, f"again-{status_backend}")})
+    received = gateway.stats()["received"]
+
+    with StatusStore.from_conn_id("medins_status_default") as store:
+        report = ChunkRunner(MedicalInsuranceHook(), store).run(dag_run.run_id, 0)
+
+    assert report.sent == 0
+    assert gateway.stats()["received"] == received
