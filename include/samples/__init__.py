@@ -1,0 +1,1 @@
+"""Fake data for the demo and the tests: people, institutions and sample batches."""

@@ -1,0 +1,56 @@
+"""The distributed topology's compose file: every component and queue is there, no secret baked in."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT
+
+QUEUES = ("default", "medical_interface", "medical_batch", "maintenance")
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load((ROOT / "docker-compose.yaml").read_text(encoding="utf-8"))
+
+
+def test_every_component_is_a_service(compose):
+    expected = {
+        "postgres", "mysql", "redis", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor",
+        "airflow-triggerer", "airflow-init", "flower", "sandbox",
+    }  # fmt: skip
+
+    assert expected <= set(compose["services"])
+
+
+@pytest.mark.parametrize("queue", QUEUES)
+def test_a_worker_listens_on_each_queue(compose, queue):
+    commands = [str(service.get("command", "")) for service in compose["services"].values()]
+
+    assert any(re.search(rf"celery worker --queues {queue}\b", command) for command in commands)
+
+
+def test_mysql_is_8_4_with_utf8mb4(compose):
+    mysql = compose["services"]["mysql"]
+
+    assert mysql["image"] == "mysql:8.4"
+    assert "--character-set-server=utf8mb4" in mysql["command"]
+
+
+def test_no_secret_has_a_default(compose):
+    text = (ROOT / "docker-compose.yaml").read_text(encoding="utf-8")
+
+    for name in ("AIRFLOW_JWT_SECRET", "AIRFLOW_FERNET_KEY", "POSTGRES_PASSWORD", "MYSQL_PASSWORD",
+                 "MEDINS_GATEWAY_SECRET"):  # fmt: skip
+        assert re.search(rf"\$\{{{name}:-", text) is None, name
+        assert f"${{{name}:?" in text, name
+
+
+def test_every_component_shares_one_jwt_secret(compose):
+    common = compose["x-airflow-common"]["environment"]
+
+    assert common["AIRFLOW__API_AUTH__JWT_SECRET"].startswith("${AIRFLOW_JWT_SECRET:?")
+    assert common["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
