@@ -46,7 +46,11 @@ def gateway(url: str, app_id: str, secret: str, institutions_file: Path) -> dict
 def status_store(kind: str) -> dict:
     """Return the status store Connection: ``sqlite:PATH`` or ``mysql``."""
     if kind.startswith("sqlite:"):
-        return {"conn_type": "sqlite", "description": "async_task_status", "host": kind.removeprefix("sqlite:")}
+        return {
+            "conn_type": "sqlite",
+            "description": "async_task_status",
+            "host": kind.removeprefix("sqlite:"),
+        }
     return {
         "conn_type": "mysql",
         "description": "async_task_status",
@@ -60,8 +64,12 @@ def status_store(kind: str) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--gateway-url", default=os.environ.get("MEDINS_GATEWAY_URL", "http://127.0.0.1:8900"))
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--gateway-url", default=os.environ.get("MEDINS_GATEWAY_URL", "http://127.0.0.1:8900")
+    )
     parser.add_argument("--app-id", default=os.environ.get("MEDINS_GATEWAY_APP_ID", "medins-demo"))
     parser.add_argument(
         "--institutions",
