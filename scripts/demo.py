@@ -150,13 +150,13 @@ def summary(run_id: str, state: str) -> None:
     for api in sorted({row.api_code or "?" for row in requests_}):
         counts = ", ".join(f"{s} {c}" for (a, s), c in sorted(by_api.items()) if a == api)
         print(f"  {api:<5} {counts}")
-    print("\nA reason for each kind of request that did not succeed (personal data masked):")
+    print("\nOne reason per state and interface for what did not succeed (personal data masked):")
     shown = set()
     for row in requests_:
-        key = (row.status, (row.error or "")[:40])
-        if row.status != "SUCCESS" and key not in shown and len(shown) < 10:
+        key = (row.status, row.api_code)
+        if row.status != "SUCCESS" and key not in shown:
             shown.add(key)
-            print(f"  {row.status:<9} {row.task_id}: {mask_text(row.error or '')[:150]}")
+            print(f"  {row.status:<9} {row.task_id}: {mask_text(row.error or '')[:160]}")
     if batch:
         progress = {k: batch.data.get(k) for k in ("current", "total", "percentage")}
         print(f"\nThe batch's own row ({batch.task_id}): status {batch.status}, {json.dumps(progress)}")
@@ -201,9 +201,11 @@ def main() -> None:
             if "request_id" in request:
                 request["request_id"] = f"{stamp}-{request['request_id']}"
         print(f"Triggering {DAG_ID} with {len(batch)} requests (run {run_id})")
+        started = time.monotonic()
         trigger(batch, run_id)
         state = follow(run_id, components)
         summary(run_id, state)
+        print(f"From trigger to every row final: {time.monotonic() - started:.0f} s")
     except KeyboardInterrupt:
         pass
     finally:

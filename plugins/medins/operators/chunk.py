@@ -86,7 +86,7 @@ class MedicalInsuranceChunkOperator(BaseOperator):
                 progress["percentage"],
             )
 
-        if report.left_open and not report.stopped_early == "batch cancelled":
+        if report.left_open and report.stopped_early != "batch cancelled":
             raise AirflowException(
                 f"{report.left_open} requests of chunk {chunk_no} are not final yet "
                 f"({report.stopped_early or 'transient errors'}); the next try sends only those"
