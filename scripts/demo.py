@@ -38,9 +38,16 @@ class Components:
         self.procs: list[tuple[str, subprocess.Popen]] = []
         (HOME / "logs").mkdir(parents=True, exist_ok=True)
 
-    def start(self, name: str, argv: list[str]) -> None:
+    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
         log = open(HOME / "logs" / f"{name}.log", "ab")  # noqa: SIM115 (closed with the process)
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT)
+        proc = subprocess.Popen(
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=ROOT,
+            env={**os.environ, **(env or {})},
+        )
         self.procs.append((name, proc))
         print(f"  started {name} (pid {proc.pid}, log {HOME / 'logs' / f'{name}.log'})")
 
@@ -86,8 +93,8 @@ def start_stack(components: Components, *, with_sandbox: bool) -> None:
         components.start(
             "sandbox",
             [sys.executable, "-m", "sandbox", "--port", str(SANDBOX_PORT),
-             "--app-id", os.environ.get("MEDINS_SANDBOX_APP_ID", "medins-demo"), "--app-secret", secret,
-             *SANDBOX_FAULTS],
+             "--app-id", os.environ.get("MEDINS_SANDBOX_APP_ID", "medins-demo"), *SANDBOX_FAULTS],
+            env={"SANDBOX_APP_SECRET": secret},  # not on the command line, where ps would show it
         )  # fmt: skip
         wait_for("the sandbox gateway", lambda: up(f"{SANDBOX}/_sandbox/health"), components, 30)
     if not up(f"{API}/api/v2/monitor/health"):
@@ -150,13 +157,16 @@ def summary(run_id: str, state: str) -> None:
     for api in sorted({row.api_code or "?" for row in requests_}):
         counts = ", ".join(f"{s} {c}" for (a, s), c in sorted(by_api.items()) if a == api)
         print(f"  {api:<5} {counts}")
-    print("\nOne reason per state and interface for what did not succeed (personal data masked):")
+    print("\nWhy requests did not succeed, one example per reason (personal data masked):")
     shown = set()
     for row in requests_:
-        key = (row.status, row.api_code)
+        reason = mask_text(row.error or "")
+        # Rejections differ by reason; gateway outcomes by state and interface.
+        key = (row.status, reason) if row.status == "REJECTED" else (row.status, row.api_code)
         if row.status != "SUCCESS" and key not in shown:
             shown.add(key)
-            print(f"  {row.status:<9} {row.task_id}: {mask_text(row.error or '')[:160]}")
+            text = reason if len(reason) <= 170 else reason[:169] + "…"
+            print(f"  {row.status:<9} {row.task_id}: {text}")
     if batch:
         progress = {k: batch.data.get(k) for k in ("current", "total", "percentage")}
         print(f"\nThe batch's own row ({batch.task_id}): status {batch.status}, {json.dumps(progress)}")
@@ -178,7 +188,14 @@ def summary(run_id: str, state: str) -> None:
     print(f"Airflow UI: ./run ui, then open {API}/dags/{DAG_ID} (the run is {run_id})")
 
 
+def _stop_on_signal(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> None:
+    # kill, a closed terminal and Ctrl-C all stop what this script started.
+    signal.signal(signal.SIGTERM, _stop_on_signal)
+    signal.signal(signal.SIGHUP, _stop_on_signal)
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--batch", default=str(ROOT / "include/samples/demo_batch.json"))
     parser.add_argument("--keep-running", action="store_true", help="leave the components running")
@@ -190,7 +207,9 @@ def main() -> None:
         print("Starting the sandbox gateway and Airflow (LocalExecutor, SQLite)")
         start_stack(components, with_sandbox=True)
         if args.ui_only:
-            print(f"\nAirflow UI at {API} (every caller is an admin: loopback only). Ctrl-C stops.")
+            print(
+                f"\nAirflow UI at {API} (every caller is an admin: loopback only). Ctrl-C or kill stops it."
+            )
             while True:
                 components.check()
                 time.sleep(5)

@@ -31,8 +31,9 @@ fi
 lock_hash="$(sha256sum requirements.txt | cut -d' ' -f1)"
 if [ "$(cat "$VENV/.lock-hash" 2>/dev/null)" != "$lock_hash" ]; then
   say "Installing the pinned requirements (requirements.txt)"
-  "$VENV/bin/python" -m pip install -q --upgrade pip
-  "$VENV/bin/python" -m pip install -q -r requirements.txt
+  # The grep drops the notices pip prints for every unreachable extra index of the machine's pip.conf.
+  "$VENV/bin/python" -m pip install -q --upgrade pip 2>&1 | { grep -v "is ignored: it is neither" || true; }
+  "$VENV/bin/python" -m pip install -q -r requirements.txt 2>&1 | { grep -v "is ignored: it is neither" || true; }
   echo "$lock_hash" > "$VENV/.lock-hash"
 fi
 [ "$with_home" = 1 ] || exit 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import threading
 from collections.abc import Sequence
@@ -29,7 +30,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--catalog", help="interface catalog file (default: include/interfaces.json)")
     parser.add_argument("--app-id", help="app id signed requests must carry")
-    parser.add_argument("--app-secret", help="HMAC secret; when set every message must be signed")
+    parser.add_argument(
+        "--app-secret",
+        default=os.environ.get("SANDBOX_APP_SECRET"),
+        help="HMAC secret; when set every message must be signed (default: $SANDBOX_APP_SECRET)",
+    )
     parser.add_argument("--service-path", default=DEFAULT_SERVICE_PATH, help="path messages are posted to")
     parser.add_argument("--latency-ms", type=float, default=0.0, help="mean delay before each answer")
     parser.add_argument("--jitter-ms", type=float, default=0.0, help="uniform +/- spread of the delay")

@@ -96,7 +96,7 @@ def plan_batch(
             api_code=api_code,
             org_code=str(org_code)[:32] if org_code else None,
             kind=interface.kind if interface else "query",
-            error=mask_text("; ".join(reasons))[:1000] if reasons else None,
+            error="; ".join(reasons)[:1000] if reasons else None,
         )
         rows.append(row)
         if not reasons:
@@ -136,7 +136,13 @@ def _check_request(
     only_org: str | None,
     seen_ids: dict[str, int],
 ) -> tuple[list[str], str | None]:
-    """Return the reasons a request is invalid, and its usable ``request_id`` if it has one."""
+    """
+    Return the reasons a request is invalid, and its usable ``request_id`` if it has one.
+
+    Reasons name fields, never their values; the only values quoted are the caller's own keys
+    (``request_id``, which must not carry personal data) and, masked, what was sent as an
+    interface or institution code.
+    """
     if not isinstance(request, Mapping):
         return [f"request #{index} must be an object, got {type(request).__name__}"], None
     reasons: list[str] = []
@@ -154,16 +160,15 @@ def _check_request(
 
     unknown = sorted(set(request) - REQUEST_FIELDS)
     if unknown:
-        reasons.append(
-            f"unknown field(s) {', '.join(map(str, unknown))}; allowed: {', '.join(sorted(REQUEST_FIELDS))}"
-        )
+        names = mask_text(", ".join(map(str, unknown)))
+        reasons.append(f"unknown field(s) {names}; allowed: {', '.join(sorted(REQUEST_FIELDS))}")
 
     api_code = request.get("api_code")
     interface = catalog.get(api_code) if isinstance(api_code, str) else None
     if api_code in (None, ""):
         reasons.append("api_code is required")
     elif interface is None:
-        reasons.append(f"unknown interface {api_code!r}: not in the interface catalog")
+        reasons.append(f"unknown interface {mask_text(repr(api_code))}: not in the interface catalog")
     elif interface.kind == SESSION:
         reasons.append(
             f"interface {api_code} ({interface.name}) is a session call the gateway hook makes itself"
@@ -173,7 +178,7 @@ def _check_request(
     if not org_code:
         reasons.append("org_code is required: the gateway Connection serves several institutions")
     elif org_code not in institutions:
-        reasons.append(f"institution {org_code!r} is not configured in the gateway Connection")
+        reasons.append(f"institution {mask_text(repr(org_code))} is not configured in the gateway Connection")
 
     admdvs = request.get("insuplc_admdvs")
     if admdvs is not None and not (isinstance(admdvs, str) and ADMDVS.match(admdvs)):

@@ -6,7 +6,7 @@ from typing import Any
 
 from airflow.sdk import Param
 
-from medins.batch import MAX_REQUESTS
+from medins.batch import MAX_REQUESTS, REQUEST_ID
 
 _REQUEST_EXAMPLE = {
     "api_code": "1101",
@@ -20,7 +20,12 @@ REQUEST_SCHEMA: dict[str, Any] = {
     "properties": {
         "api_code": {"type": "string", "description": "4-digit interface number, e.g. 1101"},
         "org_code": {"type": "string", "description": "12-character institution code (定点医药机构编号)"},
-        "request_id": {"type": "string", "description": "your idempotency key; a repeated id adds nothing"},
+        "request_id": {
+            "type": "string",
+            "pattern": REQUEST_ID.pattern,
+            "description": "your idempotency key, 1-128 letters, digits or _.:@- (no personal data); "
+            "a request whose id is already stored adds nothing",
+        },
         "insuplc_admdvs": {
             "type": "string",
             "description": "insurance area of the person, when not the default",

@@ -489,6 +489,17 @@ class StatusStore:
             )
             return {status: int(count) for status, count in cursor.fetchall()}
 
+    def open_chunks(self, batch_id: str) -> set[int]:
+        """Return the numbers of the batch's chunks that still hold a row in an open state."""
+        states = sorted(OPEN)
+        with self._cursor() as cursor:
+            cursor.execute(
+                f"SELECT DISTINCT chunk_no FROM {TABLE} WHERE batch_id = {self._ph} AND kind <> {self._ph} "
+                f"AND chunk_no IS NOT NULL AND status IN ({self._marks(states)})",
+                [batch_id, RequestKind.BATCH.value, *states],
+            )
+            return {int(chunk_no) for (chunk_no,) in cursor.fetchall()}
+
     # -- helpers ---------------------------------------------------------------------------------
 
     def _marks(self, values: Sequence[Any]) -> str:

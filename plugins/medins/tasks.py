@@ -41,11 +41,13 @@ def register_batch(
     with StatusStore.from_conn_id(status_conn_id) as store:
         existing = store.get_batch(batch_id)
         inserted = store.register(plan.rows)
+        open_chunks = store.open_chunks(batch_id)
         info = {
             "dag_id": dag_id,
             "run_id": run_id,
             "submitted": plan.total,
             "rejected": plan.rejected,
+            "already_stored": plan.total - inserted,
             "chunks": len(plan.chunks),
             "by_api": dict(sorted(plan.by_api.items())),
             "started_at": (existing.data.get("started_at") if existing else None) or now_cst().isoformat(),
@@ -54,14 +56,17 @@ def register_batch(
         progress = refresh_progress(store, batch_id)
 
     skipped = plan.total - inserted
+    chunks = [chunk for chunk in plan.chunks if chunk["chunk_no"] in open_chunks]
     log.info(
-        "Batch %s: %d requests, %d rejected at the door, %d chunks; %d stored now, %d already in the table",
+        "Batch %s: %d requests, %d rejected at the door; %d stored now, %d already in the table; "
+        "%d of %d chunks hold requests to send",
         batch_id,
         plan.total,
         plan.rejected,
-        len(plan.chunks),
         inserted,
         skipped,
+        len(chunks),
+        len(plan.chunks),
     )
     if skipped and not existing:
         log.warning(
@@ -70,7 +75,7 @@ def register_batch(
             batch_id,
         )
     log.info("Progress of batch %s: %s", batch_id, progress["counts"])
-    return [{**chunk, "concurrency": concurrency} for chunk in plan.chunks]
+    return [{**chunk, "concurrency": concurrency} for chunk in chunks]
 
 
 def summarize_batch(

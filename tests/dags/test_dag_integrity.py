@@ -77,8 +77,17 @@ class TestBatchDag:
             ({"requests": [{"api_code": 1101}]}, "is not of type 'string'"),
             ({"requests": [{"api_code": "1101", "data": {}}], "chunk_size": 0}, "less than the minimum"),
             ({"requests": [{"api_code": "1101", "data": {}}], "batch_id": "a b"}, "does not match"),
+            ({"requests": [{"api_code": "1101", "request_id": "x'; DROP TABLE t; --"}]}, "does not match"),
         ],
-        ids=["not-a-list", "empty", "not-objects", "api-code-number", "chunk-size-zero", "batch-id-space"],
+        ids=[
+            "not-a-list",
+            "empty",
+            "not-objects",
+            "api-code-number",
+            "chunk-size-zero",
+            "batch-id-space",
+            "request-id-sql",
+        ],
     )
     def test_bad_conf_is_refused_with_the_reason(self, dagbag, conf, reason):
         from airflow.sdk.exceptions import ParamValidationError

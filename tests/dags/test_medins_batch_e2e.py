@@ -163,3 +163,24 @@ def test_rerun_of_a_finished_batch_sends_nothing(airflow_db, gateway, status_bac
 
     assert report.sent == 0
     assert gateway.stats()["received"] == received
+
+
+@pytest.mark.e2e
+def test_the_same_batch_submitted_twice_adds_and_sends_nothing_the_second_time(
+    airflow_db, gateway, status_backend
+):
+    from medins.store import StatusStore
+
+    requests = sample_requests(20, f"twice-{status_backend}")
+    first = run_batch({"requests": requests})
+    received = gateway.stats()["received"]
+
+    second = run_batch({"requests": requests})
+
+    with StatusStore.from_conn_id("medins_status_default") as store:
+        # Only the two requests with no usable request_id (a duplicate, one without) are stored again.
+        assert [row.status for row in store.rows(second.run_id)] == ["REJECTED", "REJECTED"]
+        assert store.get_batch(second.run_id).data["already_stored"] == len(requests) - 2
+        assert store.counts(first.run_id)["SUCCESS"] >= 20 + 40 - 3
+    assert str(second.state) == "success"
+    assert gateway.stats()["received"] == received

@@ -462,6 +462,19 @@ class TestReads:
         assert [r.task_id for r in store.rows("b1", limit=2)] == ["b1-000000", "b1-000001"]
         assert [r.task_id for r in store.rows("b1", statuses=[RequestState.REJECTED])] == ["b1-000003"]
 
+    def test_open_chunks_names_the_chunks_with_rows_still_to_send(self, store: StatusStore) -> None:
+        store.register(make_rows(2, chunk_no=0))
+        store.register(
+            [RequestRow(task_id=f"c1-{i}", status="PENDING", batch_id="b1", chunk_no=1) for i in range(2)]
+        )
+        store.register([RequestRow(task_id="c2-0", status="PENDING", batch_id="b1", chunk_no=2)])
+        store.mark(["b1-000000", "b1-000001"], RequestState.SUCCESS)
+        store.mark(["c1-0"], RequestState.RETRY)
+        store.put_batch("b1", BatchState.RUNNING)
+
+        assert store.open_chunks("b1") == {1, 2}
+        assert store.open_chunks("none") == set()
+
     def test_get_returns_none_for_an_unknown_task_id(self, store: StatusStore) -> None:
         assert store.get("nope") is None
         assert store.get_batch("nope") is None
