@@ -139,7 +139,6 @@ def follow(run_id: str, components: Components, timeout: float = 900) -> str:
 
 
 def summary(run_id: str, state: str) -> None:
-    from medins.masking import mask_text
     from medins.store import StatusStore
 
     with StatusStore.from_conn_id("medins_status_default") as store:
@@ -157,10 +156,12 @@ def summary(run_id: str, state: str) -> None:
     for api in sorted({row.api_code or "?" for row in requests_}):
         counts = ", ".join(f"{s} {c}" for (a, s), c in sorted(by_api.items()) if a == api)
         print(f"  {api:<5} {counts}")
-    print("\nWhy requests did not succeed, one example per reason (personal data masked):")
+    # Reasons are stored masked: gateway messages pass through mask_text, and rejection reasons
+    # name fields, never their values.
+    print("\nWhy requests did not succeed, one example per reason:")
     shown = set()
     for row in requests_:
-        reason = mask_text(row.error or "")
+        reason = row.error or ""
         # Rejections differ by reason; gateway outcomes by state and interface.
         key = (row.status, reason) if row.status == "REJECTED" else (row.status, row.api_code)
         if row.status != "SUCCESS" and key not in shown:
