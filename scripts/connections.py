@@ -17,8 +17,13 @@ from urllib.parse import urlsplit
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def gateway(url: str, app_id: str, secret: str, institutions_file: Path) -> dict:
-    """Return the gateway Connection for ``url``, serving the institutions in ``institutions_file``."""
+def gateway(
+    url: str, app_id: str, secret: str, institutions_file: Path, redis_conn_id: str | None = None
+) -> dict:
+    """Return the gateway Connection for ``url``, serving the institutions in ``institutions_file``.
+
+    With ``redis_conn_id``, every worker shares the msgid sequence, sign-ins and rate limit there.
+    """
     parts = urlsplit(url)
     institutions = json.loads(institutions_file.read_text(encoding="utf-8"))["institutions"]
     extra = {
@@ -32,6 +37,8 @@ def gateway(url: str, app_id: str, secret: str, institutions_file: Path) -> dict
     }
     if parts.path not in ("", "/"):
         extra["service_path"] = parts.path
+    if redis_conn_id:
+        extra["redis_conn_id"] = redis_conn_id
     return {
         "conn_type": "http",
         "description": "National medical-insurance gateway",
@@ -63,6 +70,12 @@ def status_store(kind: str) -> dict:
     }
 
 
+def redis(host: str, port: int, db: int) -> dict:
+    """Return the Redis Connection the workers share state through."""
+    return {"conn_type": "redis", "description": "medins shared state", "host": host, "port": port,
+            "extra": json.dumps({"db": db})}  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -77,15 +90,23 @@ def main() -> None:
         default=Path(os.environ.get("MEDINS_INSTITUTIONS_FILE", ROOT / "include/samples/institutions.json")),
     )
     parser.add_argument("--status", default="mysql", help="sqlite:PATH or mysql (default)")
+    parser.add_argument("--redis", help="HOST:PORT/DB of the Redis the workers share state through")
     args = parser.parse_args()
 
     secret = os.environ.get("MEDINS_GATEWAY_SECRET", "")
     if not secret:
         parser.error("set MEDINS_GATEWAY_SECRET to the gateway's app secret")
+    redis_conn_id = "medins_redis_default" if args.redis else None
     connections = {
-        "medins_gateway_default": gateway(args.gateway_url, args.app_id, secret, args.institutions),
+        "medins_gateway_default": gateway(
+            args.gateway_url, args.app_id, secret, args.institutions, redis_conn_id
+        ),
         "medins_status_default": status_store(args.status),
     }
+    if args.redis:
+        address, _, db = args.redis.partition("/")
+        host, _, port = address.partition(":")
+        connections["medins_redis_default"] = redis(host, int(port or 6379), int(db or 0))
     print(json.dumps(connections, ensure_ascii=False, indent=2))
 
 

@@ -54,3 +54,51 @@ def test_every_component_shares_one_jwt_secret(compose):
 
     assert common["AIRFLOW__API_AUTH__JWT_SECRET"].startswith("${AIRFLOW_JWT_SECRET:?")
     assert common["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
+
+
+@pytest.fixture(scope="module")
+def launcher(tmp_path_factory):
+    """Import scripts/cluster.py with its home in a temporary folder."""
+    import importlib
+    import os
+    import sys
+
+    os.environ["MEDINS_CLUSTER_HOME"] = str(tmp_path_factory.mktemp("cluster-home"))
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        yield importlib.import_module("cluster")
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+        del os.environ["MEDINS_CLUSTER_HOME"]
+
+
+# Settings that only make sense on one machine: local paths, and Flower's API open on loopback.
+NATIVE_ONLY = {
+    "AIRFLOW_HOME",
+    "AIRFLOW__CORE__DAGS_FOLDER",
+    "AIRFLOW__CORE__PLUGINS_FOLDER",
+    "FLOWER_UNAUTHENTICATED_API",
+}
+
+
+def test_every_setting_of_the_native_launcher_is_in_the_compose_file(compose, launcher):
+    common = compose["x-airflow-common"]["environment"]
+
+    missing = set(launcher.settings()) - NATIVE_ONLY - set(common)
+
+    assert not missing
+
+
+def test_the_native_launcher_starts_the_components_of_the_compose_file(compose, launcher):
+    names = {name for name, _, _ in launcher.components()}
+    services = set(compose["services"])
+
+    for name in names:
+        candidates = {name, name.replace("_", "-"), f"airflow-{name}", f"airflow-{name.replace('-', '')}"}
+        assert candidates & services, name
+
+
+def test_native_workers_serve_the_same_queues(compose, launcher):
+    native = {queue for _, queue, _ in launcher.WORKERS}
+
+    assert native == set(QUEUES)

@@ -75,3 +75,43 @@ def batch_params() -> dict[str, Param]:
             description="Concurrent gateway calls within one chunk.",
         ),
     }
+
+
+def call_params() -> dict[str, Param]:
+    """Return the ``Params`` of ``medins_call``: one request, checked when the run is triggered."""
+    properties = REQUEST_SCHEMA["properties"]
+    return {
+        "api_code": Param(
+            type="string",
+            pattern=r"^\d{4}$",
+            title="Interface",
+            description=properties["api_code"]["description"],
+            examples=["1101"],
+        ),
+        "org_code": Param(
+            None,
+            type=["null", "string"],
+            title="Institution",
+            description=properties["org_code"]["description"],
+        ),
+        "data": Param(
+            type="object",
+            title="Input",
+            description="The interface's input, e.g. " + str(_REQUEST_EXAMPLE["data"]),
+            examples=[_REQUEST_EXAMPLE["data"]],
+        ),
+        "request_id": Param(
+            None,
+            type=["null", "string"],
+            pattern=REQUEST_ID.pattern,
+            title="Request id",
+            description=properties["request_id"]["description"],
+        ),
+        "insuplc_admdvs": Param(
+            None,
+            type=["null", "string"],
+            pattern=r"^\d{6}$",
+            title="Insurance area",
+            description=properties["insuplc_admdvs"]["description"],
+        ),
+    }
