@@ -9,9 +9,10 @@ with_home=1
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 
-# 1. Debian packages: mysqlclient builds against libmysqlclient with pkg-config.
+# 1. Debian packages: mysqlclient builds against libmysqlclient with pkg-config; docker-compose
+#    validates the compose file (it needs no engine for that).
 missing=()
-for pkg in default-libmysqlclient-dev pkg-config gcc; do
+for pkg in default-libmysqlclient-dev pkg-config gcc docker-compose; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
 if [ "${#missing[@]}" -gt 0 ]; then

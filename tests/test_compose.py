@@ -102,3 +102,44 @@ def test_native_workers_serve_the_same_queues(compose, launcher):
     native = {queue for _, queue, _ in launcher.WORKERS}
 
     assert native == set(QUEUES)
+
+
+SECRETS = {
+    name: "test-value"
+    for name in (
+        "AIRFLOW_JWT_SECRET",
+        "AIRFLOW_FERNET_KEY",
+        "AIRFLOW_ADMIN_PASSWORD",
+        "POSTGRES_PASSWORD",
+        "MYSQL_ROOT_PASSWORD",
+        "MYSQL_PASSWORD",
+        "MEDINS_GATEWAY_SECRET",
+    )
+}
+
+
+def compose_config(env: dict[str, str]):
+    import os
+    import subprocess
+
+    clean = {key: value for key, value in os.environ.items() if key not in SECRETS}
+    return subprocess.run(
+        ["docker-compose", "--profile", "sandbox", "--profile", "flower", "config", "--quiet"],
+        cwd=ROOT,
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+    )
+
+
+def test_docker_compose_accepts_the_file_with_its_secrets_set():
+    result = compose_config(SECRETS)
+
+    assert result.returncode == 0, result.stderr
+
+
+def test_docker_compose_refuses_to_start_without_a_secret():
+    result = compose_config({k: v for k, v in SECRETS.items() if k != "MEDINS_GATEWAY_SECRET"})
+
+    assert result.returncode != 0
+    assert "set MEDINS_GATEWAY_SECRET" in result.stderr
