@@ -63,6 +63,22 @@ class TestBatchDag:
         assert dag.get_task("register").queue == "default"
         assert dag.get_task("summarize").trigger_rule == "all_done"
 
+    def test_chunks_have_a_soft_limit_of_5_minutes_a_hard_one_of_10_and_3_retries(self, dagbag):
+        send = dagbag.dags["medins_batch"].get_task("send_chunk")
+
+        import inspect
+
+        from medins.operators.chunk import MedicalInsuranceChunkOperator
+
+        default = inspect.signature(MedicalInsuranceChunkOperator.__init__).parameters["soft_time_limit"].default
+        assert send.partial_kwargs.get("soft_time_limit", default) == timedelta(minutes=5)
+        assert send.partial_kwargs["execution_timeout"] == timedelta(minutes=10)
+        assert send.partial_kwargs["retries"] == 3
+        assert send.partial_kwargs["retry_exponential_backoff"]
+
+    def test_single_calls_go_to_the_interface_queue(self, dagbag):
+        assert dagbag.dags["medins_call"].get_task("call_interface").queue == "medical_interface"
+
     def test_chunks_are_mapped_with_readable_labels(self, dagbag):
         send = dagbag.dags["medins_batch"].get_task("send_chunk")
 
