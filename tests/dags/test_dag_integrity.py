@@ -70,7 +70,8 @@ class TestBatchDag:
 
         from medins.operators.chunk import MedicalInsuranceChunkOperator
 
-        default = inspect.signature(MedicalInsuranceChunkOperator.__init__).parameters["soft_time_limit"].default
+        signature = inspect.signature(MedicalInsuranceChunkOperator.__init__)
+        default = signature.parameters["soft_time_limit"].default
         assert send.partial_kwargs.get("soft_time_limit", default) == timedelta(minutes=5)
         assert send.partial_kwargs["execution_timeout"] == timedelta(minutes=10)
         assert send.partial_kwargs["retries"] == 3
