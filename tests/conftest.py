@@ -151,3 +151,41 @@ def mariadb_database() -> Iterator[str]:
     finally:
         admin.cursor().execute(f"DROP DATABASE IF EXISTS {name}")
         admin.close()
+
+
+@pytest.fixture
+def shared_redis(monkeypatch):
+    """
+    Give a test the Redis of the shared state, reached through ``RedisHook``, with a key prefix of its own.
+
+    The Connection ``medins_redis_test`` is an ``AIRFLOW_CONN_*`` variable; ``extra`` is what a gateway
+    Connection's extras need to use it. The test fails, never skips, when Redis is down; every key under
+    the prefix is deleted afterwards.
+    """
+    from types import SimpleNamespace
+
+    from airflow.providers.redis.hooks.redis import RedisHook
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    conn_id = "medins_redis_test"
+    connection = {"conn_type": "redis", "host": "127.0.0.1", "port": 6379, "extra": {"db": 0}}
+    monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(connection))
+    client = RedisHook(redis_conn_id=conn_id).get_conn()
+    try:
+        client.ping()
+    except RedisConnectionError as err:
+        pytest.fail(
+            f"Redis is not reachable at 127.0.0.1:6379 ({err}): start it with `scripts/services.sh redis`; "
+            "the Redis tests do not skip."
+        )
+    prefix = f"medins-test-{secrets.token_hex(4)}"
+    yield SimpleNamespace(
+        conn_id=conn_id,
+        client=client,
+        prefix=prefix,
+        extra={"redis_conn_id": conn_id, "redis_key_prefix": prefix},
+    )
+    keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()

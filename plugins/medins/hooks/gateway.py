@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import cached_property
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import requests
 from airflow.sdk import BaseHook
@@ -35,9 +35,13 @@ from medins.masking import mask_text
 from medins.sequence import FileMsgIdSequence, MsgIdSequence
 from medins.timeutil import inf_time, now_cst
 
+if TYPE_CHECKING:
+    from medins.shared_state import RateLimiter
+
 log = logging.getLogger(__name__)
 
 DEFAULT_SERVICE_PATH = "/fsi/api/rsfComIfsService/callService"
+DEFAULT_RATE_LIMIT_WAIT = 60.0
 SIGN_IN_EXPIRED = "签到信息无效"
 
 
@@ -154,9 +158,19 @@ class MedicalInsuranceHook(BaseHook):
     ``opter_type``, ``mac``, ``ip``; several institutions go in ``institutions``, a map from
     institution code to the same settings.
 
+    Workers on several machines share their state through Redis when ``extra`` names an Airflow
+    Redis Connection in ``redis_conn_id``: the ``msgid`` sequence, the ``9001`` sign-in (one worker
+    signs in, the others wait for its ``sign_no``) and the rate limit. ``rate_limit`` caps the
+    messages per second per institution (sign-ins included), over every worker sharing that Redis,
+    or per process without it; 0 or absent for none. A call waits at most ``rate_limit_wait``
+    seconds (60 by default) for a free slot, then ends ``TRANSIENT`` without being sent.
+    ``redis_key_prefix`` (``medins`` by default) keeps the keys of separate deployments apart.
+
     :param medins_conn_id: Connection id of the gateway.
-    :param msgid_sequence: Shared ``msgid`` sequence; a machine-local file sequence by default.
-    :param sign_in_cache: Shared sign-in cache; a per-process cache by default.
+    :param msgid_sequence: Shared ``msgid`` sequence; from ``redis_conn_id``, else a machine-local
+        file sequence, by default.
+    :param sign_in_cache: Shared sign-in cache; from ``redis_conn_id``, else a per-process cache, by
+        default.
     :param catalog: Interface catalog; the Connection's ``catalog_path`` or the bundled file by default.
     """
 
@@ -177,9 +191,11 @@ class MedicalInsuranceHook(BaseHook):
         super().__init__(**kwargs)
         self.medins_conn_id = medins_conn_id
         self._msgid_sequence = msgid_sequence
-        self._sign_in_cache = sign_in_cache or LocalSignInCache()
+        self._sign_in_cache = sign_in_cache
         self._catalog = catalog
         self._sign_in_lock = threading.Lock()
+        self._shared_state_lock = threading.Lock()
+        self._shared_state: tuple[MsgIdSequence, SignInCache, RateLimiter] | None = None
 
     # -- settings ---------------------------------------------------------------------------
 
@@ -221,8 +237,23 @@ class MedicalInsuranceHook(BaseHook):
 
     @cached_property
     def msgid_sequence(self) -> MsgIdSequence:
-        """Return the ``msgid`` sequence shared by every sender of this machine."""
-        return self._msgid_sequence or FileMsgIdSequence(self.extras.get("msgid_dir"))
+        """Return the ``msgid`` sequence shared by every sender of this machine, or of all with Redis."""
+        return self._resolve_shared_state()[0]
+
+    @cached_property
+    def sign_in_cache(self) -> SignInCache:
+        """Return the cache that keeps each operator's ``sign_no`` for the day."""
+        return self._resolve_shared_state()[1]
+
+    @cached_property
+    def rate_limiter(self) -> RateLimiter:
+        """Return the per-institution rate limit every message waits for."""
+        return self._resolve_shared_state()[2]
+
+    @cached_property
+    def rate_limit_wait(self) -> float:
+        """Return how long a call may wait for its institution's rate limit, in seconds."""
+        return float(self.extras.get("rate_limit_wait", DEFAULT_RATE_LIMIT_WAIT))
 
     @cached_property
     def institutions(self) -> dict[str, Institution]:
@@ -272,6 +303,20 @@ class MedicalInsuranceHook(BaseHook):
             raise GatewayError(
                 f"institution {org_code} is not configured in Connection {self.medins_conn_id!r}"
             ) from None
+
+    def _resolve_shared_state(self) -> tuple[MsgIdSequence, SignInCache, RateLimiter]:
+        """Build the sequence, sign-in cache and rate limiter once, however many threads ask first."""
+        with self._shared_state_lock:
+            if self._shared_state is None:
+                from medins.shared_state import shared_state_from_extras
+
+                sequence, cache, limiter = shared_state_from_extras(self.extras)
+                self._shared_state = (
+                    self._msgid_sequence or sequence or FileMsgIdSequence(self.extras.get("msgid_dir")),
+                    self._sign_in_cache or cache or LocalSignInCache(),
+                    limiter,
+                )
+            return self._shared_state
 
     @cached_property
     def session(self) -> requests.Session:
@@ -343,10 +388,13 @@ class MedicalInsuranceHook(BaseHook):
     def sign_in(self, institution: Institution, *, force: bool = False) -> str:
         """Return the institution operator's ``sign_no`` for today, signing in with ``9001`` if needed."""
         key = f"{institution.fixmedins_code}:{institution.opter}:{now_cst():%Y%m%d}"
-        if not force and (cached := self._sign_in_cache.get(key)):
+        if not force and (cached := self.sign_in_cache.get(key)):
             return cached
-        with self._sign_in_lock:
-            if not force and (cached := self._sign_in_cache.get(key)):
+        # One sign-in at a time: across workers when the cache is shared, else across this hook's threads.
+        shared_lock = getattr(self.sign_in_cache, "lock", None)
+        longest_sign_in = self.rate_limit_wait + sum(self.timeout) + 1
+        with shared_lock(key, longest_sign_in) if shared_lock else self._sign_in_lock:
+            if not force and (cached := self.sign_in_cache.get(key)):
                 return cached
             payload = {"opter_no": institution.opter, "mac": institution.mac, "ip": institution.ip}
             outcome = self._send(
@@ -360,7 +408,7 @@ class MedicalInsuranceHook(BaseHook):
                 sign_no = str(outcome.output["signinoutb"]["sign_no"])
             except (KeyError, TypeError):
                 raise GatewayError("sign-in (9001) reply carries no signinoutb.sign_no") from None
-            self._sign_in_cache.put(key, sign_no, _seconds_to_midnight())
+            self.sign_in_cache.put(key, sign_no, _seconds_to_midnight())
             log.info(
                 "Signed in institution %s operator %s for today",
                 institution.fixmedins_code,
@@ -401,9 +449,10 @@ class MedicalInsuranceHook(BaseHook):
         if outcome.kind is OutcomeKind.REFUSED and outcome.err_msg.startswith(SIGN_IN_EXPIRED):
             # Refused before processing: sign in again and send once more under a new msgid.
             key = f"{institution.fixmedins_code}:{institution.opter}:{now_cst():%Y%m%d}"
-            self._sign_in_cache.drop(key, sign_no)
+            # Only the stale sign_no is dropped: a worker that renewed it first is reused, not redone.
+            self.sign_in_cache.drop(key, sign_no)
             try:
-                sign_no = self.sign_in(institution, force=True)
+                sign_no = self.sign_in(institution)
             except GatewayError as err:
                 return CallOutcome(OutcomeKind.TRANSIENT, api_code, msgid, err_msg=str(err))
             outcome = self._send(
@@ -443,6 +492,20 @@ class MedicalInsuranceHook(BaseHook):
         sign_no: str = "",
         insuplc_admdvs: str | None = None,
     ) -> CallOutcome:
+        limiter, code = self.rate_limiter, institution.fixmedins_code
+        try:
+            admitted = limiter.acquire(code, timeout=self.rate_limit_wait)
+        except GatewayError as err:  # the shared rate limit could not be read: nothing was sent
+            return CallOutcome(OutcomeKind.TRANSIENT, interface.code, msgid, err_msg=str(err))
+        if not admitted:
+            return CallOutcome(
+                OutcomeKind.TRANSIENT,
+                interface.code,
+                msgid,
+                err_msg=f"rate limit of {limiter.per_second}/s for institution {code} kept the call waiting "
+                f"too long ({self.rate_limit_wait:g} s); not sent, safe to send again",
+            )
+
         envelope = self.build_envelope(
             interface, data, institution, msgid=msgid, sign_no=sign_no, insuplc_admdvs=insuplc_admdvs
         )
