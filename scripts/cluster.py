@@ -4,6 +4,7 @@
     python scripts/cluster.py down     stop exactly the processes ``up`` started
     python scripts/cluster.py status   show each component and where the UI and Flower are
     python scripts/cluster.py env      print the settings as shell exports (to run airflow commands)
+    python scripts/cluster.py restart api-server    restart components (after a plugin changed)
 
 Airflow's metadata DB is the local PostgreSQL, the status table lives in the local MariaDB, Redis
 is the Celery broker and the workers' shared state. PostgreSQL, MariaDB and Redis are started when
@@ -262,6 +263,22 @@ def up(timeout: float) -> None:
     print_where()
 
 
+def restart(names: list[str], timeout: float) -> None:
+    """Stop the named components (e.g. ``api-server`` after a plugin changed) and start them again."""
+    state = load_state()
+    for name in names:
+        pid = state.pop(name, None)
+        if pid and alive(pid):
+            os.killpg(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 30
+            while alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.3)
+            if alive(pid):
+                os.killpg(pid, signal.SIGKILL)
+    STATE.write_text(json.dumps(state, indent=1))
+    up(timeout)
+
+
 def down() -> None:
     state = load_state()
     for name, pid in reversed(list(state.items())):
@@ -290,13 +307,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("command", choices=["up", "down", "status", "env"])
+    parser.add_argument("command", choices=["up", "down", "status", "env", "restart"])
+    parser.add_argument("names", nargs="*", help="components to restart, e.g. api-server")
     parser.add_argument(
         "--timeout", type=float, default=240, help="seconds to wait for every part to be healthy"
     )
     args = parser.parse_args()
     if args.command == "up":
         up(args.timeout)
+    elif args.command == "restart":
+        restart(args.names, args.timeout)
     elif args.command == "down":
         down()
     elif args.command == "env":
