@@ -19,11 +19,9 @@ are not final.
 
 from __future__ import annotations
 
-from datetime import timedelta
-
-import pendulum
 from airflow.sdk import dag, task
 
+from medins.defaults import START_DATE, default_args
 from medins.operators.chunk import MedicalInsuranceChunkOperator
 from medins.params import batch_params
 
@@ -33,21 +31,13 @@ GATEWAY_CONN_ID = "medins_gateway_default"
 
 @dag(
     schedule=None,
-    start_date=pendulum.datetime(2026, 1, 1, tz="Asia/Shanghai"),
+    start_date=START_DATE,
     catchup=False,
     tags=["medins", "batch"],
     doc_md=__doc__,
     params=batch_params(),
     max_active_tasks=16,
-    default_args={
-        "owner": "medins",
-        "queue": "default",
-        "retries": 3,
-        "retry_delay": timedelta(seconds=10),
-        "retry_exponential_backoff": True,
-        "max_retry_delay": timedelta(minutes=5),
-        "execution_timeout": timedelta(minutes=10),
-    },
+    default_args=default_args(),
 )
 def medins_batch():
     @task

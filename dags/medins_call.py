@@ -14,28 +14,21 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-import pendulum
 from airflow.sdk import dag
 
+from medins.defaults import START_DATE, default_args
 from medins.operators.call import MedicalInsuranceCallOperator
 from medins.params import call_params
 
 
 @dag(
     schedule=None,
-    start_date=pendulum.datetime(2026, 1, 1, tz="Asia/Shanghai"),
+    start_date=START_DATE,
     catchup=False,
     tags=["medins", "single-call"],
     doc_md=__doc__,
     params=call_params(),
-    default_args={
-        "owner": "medins",
-        "retries": 3,
-        "retry_delay": timedelta(seconds=5),
-        "retry_exponential_backoff": True,
-        "max_retry_delay": timedelta(minutes=2),
-        "execution_timeout": timedelta(minutes=10),
-    },
+    default_args=default_args(retry_delay=timedelta(seconds=5), max_retry_delay=timedelta(minutes=2)),
 )
 def medins_call():
     MedicalInsuranceCallOperator(
