@@ -455,6 +455,9 @@ class MedicalInsuranceHook(BaseHook):
                 sign_no = self.sign_in(institution)
             except GatewayError as err:
                 return CallOutcome(OutcomeKind.TRANSIENT, api_code, msgid, err_msg=str(err))
+            # TODO: record this resend's msgid on the row before sending once the runner claims through
+            # the hook; until then a worker that dies in this resend leaves a write whose row names
+            # the refused msgid, and a 2601 reversal by that msgid finds nothing to reverse.
             outcome = self._send(
                 interface,
                 data,
