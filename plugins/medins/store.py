@@ -27,6 +27,7 @@ import random
 import re
 import sqlite3
 import time
+from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -78,6 +79,11 @@ _DEADLOCK_TRIES = 3
 _MYSQL_DEADLOCK = 1213  # ER_LOCK_DEADLOCK: InnoDB rolled the whole transaction back
 
 _SQL_COMMENT = re.compile(r"--[^\n]*|/\*.*?\*/", re.DOTALL)
+
+CANCELLED_BY_REQUEST = "cancelled by request"
+"""Error written into a request row cancelled through :meth:`StatusStore.cancel_batch` or ``cancel_task``."""
+
+_CANCELLABLE = (RequestState.PENDING.value, RequestState.RETRY.value)
 
 
 @dataclass(slots=True)
@@ -384,6 +390,9 @@ class StatusStore:
 
         Batch ids share the ``task_id`` namespace with requests: never give a request a batch's id.
 
+        A cancelled batch stays ``CANCELLED``: a progress update or a retried registration racing
+        with a cancel writes its data but never reopens the batch.
+
         :param batch_id: the batch.
         :param status: a :class:`~medins.states.BatchState`.
         :param data: the batch's progress and settings, e.g. ``current``, ``total``, ``percentage``.
@@ -396,7 +405,15 @@ class StatusStore:
             kind=RequestKind.BATCH.value,
         )
 
-        self._transaction(lambda cursor: self._upsert(cursor, [_params(row)], update=_BATCH_COLUMNS))
+        def work(cursor: Any) -> None:
+            self._upsert(cursor, [_params(row)], update=[c for c in _BATCH_COLUMNS if c != "status"])
+            cursor.execute(
+                f"UPDATE {TABLE} SET status = {self._ph} WHERE task_id = {self._ph} AND kind = {self._ph} "
+                f"AND status NOT IN ({self._ph}, {self._ph})",
+                [row.status, batch_id, RequestKind.BATCH.value, row.status, BatchState.CANCELLED.value],
+            )
+
+        self._transaction(work)
 
     def mark(
         self,
@@ -500,11 +517,188 @@ class StatusStore:
             )
             return {int(chunk_no) for (chunk_no,) in cursor.fetchall()}
 
+    def list_tasks(
+        self,
+        status: str | Collection[str] | None = None,
+        api_code: str | None = None,
+        org_code: str | None = None,
+        batch_id: str | None = None,
+        created_from: datetime | None = None,
+        created_to: datetime | None = None,
+        offset: int = 0,
+        limit: int = 50,
+    ) -> tuple[list[RequestRow], int]:
+        """
+        Return one page of requests, newest first, and how many requests match in all.
+
+        Batch rows are never listed. Every filter left ``None`` matches everything; values of any
+        content are bound as parameters, so a filter that matches nothing returns an empty page.
+
+        :param status: one state or several; an empty collection matches nothing.
+        :param api_code: interface code.
+        :param org_code: institution code.
+        :param batch_id: batch the requests belong to.
+        :param created_from: earliest ``created_at``, inclusive; a naive datetime is taken as UTC.
+        :param created_to: latest ``created_at``, inclusive; a naive datetime is taken as UTC.
+        :param offset: rows to skip.
+        :param limit: most rows to return.
+        :return: the page (newest first, by ``id``) and the number of matching rows.
+        """
+        if offset < 0 or limit < 0:
+            raise ValueError(f"offset and limit must not be negative, not {offset} and {limit}.")
+        where, args = self._filter_requests(status, api_code, org_code, batch_id, created_from, created_to)
+
+        with self._cursor() as cursor:
+            cursor.execute(f"SELECT COUNT(*) FROM {TABLE} {where}", args)
+            total = int(cursor.fetchone()[0])
+            if total <= offset or limit == 0:
+                return [], total
+            cursor.execute(
+                f"{_SELECT} {where} ORDER BY id DESC LIMIT {self._ph} OFFSET {self._ph}",
+                [*args, int(limit), int(offset)],
+            )
+            return [_to_row(record) for record in cursor.fetchall()], total
+
+    def statistics(
+        self,
+        status: str | Collection[str] | None = None,
+        api_code: str | None = None,
+        org_code: str | None = None,
+        batch_id: str | None = None,
+        created_from: datetime | None = None,
+        created_to: datetime | None = None,
+    ) -> dict[str, Any]:
+        """
+        Count the requests that match the filters by state, by interface and by institution.
+
+        One ``GROUP BY`` query counts them, without loading rows; batch rows are not counted. The
+        filters are those of :meth:`list_tasks`.
+
+        :return: ``total``; ``by_status`` (state -> count); ``by_api_code`` and ``by_org_code``
+            (code -> state -> count, with ``None`` for rows that have no code, e.g. rejected ones).
+        """
+        where, args = self._filter_requests(status, api_code, org_code, batch_id, created_from, created_to)
+
+        with self._cursor() as cursor:
+            cursor.execute(
+                f"SELECT api_code, org_code, status, COUNT(*) FROM {TABLE} {where} "
+                "GROUP BY api_code, org_code, status",
+                args,
+            )
+            groups = cursor.fetchall()
+
+        by_status: Counter[str] = Counter()
+        by_api_code: dict[str | None, Counter[str]] = {}
+        by_org_code: dict[str | None, Counter[str]] = {}
+        for api, org, state, count in groups:
+            by_status[state] += int(count)
+            by_api_code.setdefault(api, Counter())[state] += int(count)
+            by_org_code.setdefault(org, Counter())[state] += int(count)
+        return {
+            "total": sum(by_status.values()),
+            "by_status": dict(sorted(by_status.items())),
+            "by_api_code": {code: dict(sorted(c.items())) for code, c in _sorted_by_code(by_api_code)},
+            "by_org_code": {code: dict(sorted(c.items())) for code, c in _sorted_by_code(by_org_code)},
+        }
+
+    # -- cancel ----------------------------------------------------------------------------------
+
+    def cancel_batch(self, batch_id: str) -> int:
+        """
+        Cancel a batch: its own row becomes ``CANCELLED``, and so do its ``PENDING`` and ``RETRY`` requests.
+
+        Requests already claimed or final keep their state: a ``PROCESSING`` request was sent or is
+        being sent, and the chunk writes its true outcome. Chunks stop claiming requests once they
+        see the batch row ``CANCELLED``. Both changes are one transaction.
+
+        :param batch_id: the batch.
+        :return: how many requests were cancelled (the batch's own row not counted).
+        """
+
+        def work(cursor: Any) -> int:
+            cursor.execute(
+                f"UPDATE {TABLE} SET status = {self._ph} WHERE task_id = {self._ph} AND kind = {self._ph}",
+                [BatchState.CANCELLED.value, batch_id, RequestKind.BATCH.value],
+            )
+            return self._cancel_requests(cursor, "batch_id", batch_id)
+
+        cancelled = self._transaction(work)
+        log.info("Cancelled batch %s: %d requests cancelled before they were sent.", batch_id, cancelled)
+        return cancelled
+
+    def cancel_task(self, task_id: str) -> RequestRow | None:
+        """
+        Cancel one request if it is ``PENDING`` or ``RETRY``; leave it as it is in any other state.
+
+        :param task_id: the request.
+        :return: the request's row after the change (or without one), ``None`` when there is no
+            request ``task_id`` (a batch's own row is not a request).
+        """
+
+        def work(cursor: Any) -> RequestRow | None:
+            self._cancel_requests(cursor, "task_id", task_id)
+            cursor.execute(
+                f"{_SELECT} WHERE task_id = {self._ph} AND kind <> {self._ph}",
+                [task_id, RequestKind.BATCH.value],
+            )
+            record = cursor.fetchone()
+            return _to_row(record) if record is not None else None
+
+        return self._transaction(work)
+
     # -- helpers ---------------------------------------------------------------------------------
 
     def _marks(self, values: Sequence[Any]) -> str:
         """Return one placeholder per value, comma-separated."""
         return ", ".join([self._ph] * len(values))
+
+    def _filter_requests(
+        self,
+        status: str | Collection[str] | None,
+        api_code: str | None,
+        org_code: str | None,
+        batch_id: str | None,
+        created_from: datetime | None,
+        created_to: datetime | None,
+    ) -> tuple[str, list[Any]]:
+        """Return the ``WHERE`` clause over requests (not batch rows) and its bound values."""
+        clauses = [f"kind <> {self._ph}"]
+        args: list[Any] = [RequestKind.BATCH.value]
+        if status is not None:
+            states = [status] if isinstance(status, str) else [str(s) for s in status]
+            if not states:
+                clauses.append("1 = 0")
+            else:
+                clauses.append(f"status IN ({self._marks(states)})")
+                args.extend(states)
+        for column, value in (("api_code", api_code), ("org_code", org_code), ("batch_id", batch_id)):
+            if value is not None:
+                clauses.append(f"{column} = {self._ph}")
+                args.append(value)
+        if created_from is not None:
+            clauses.append(f"created_at >= {self._ph}")
+            args.append(self._timestamp(created_from))
+        if created_to is not None:
+            clauses.append(f"created_at <= {self._ph}")
+            args.append(self._timestamp(created_to))
+        return "WHERE " + " AND ".join(clauses), args
+
+    def _cancel_requests(self, cursor: Any, column: Literal["batch_id", "task_id"], value: str) -> int:
+        """Cancel the ``PENDING`` and ``RETRY`` requests whose ``column`` is ``value``; return how many."""
+        args = [RequestState.CANCELLED.value, CANCELLED_BY_REQUEST, value, RequestKind.BATCH.value]
+        cursor.execute(
+            f"UPDATE {TABLE} SET status = {self._ph}, error = {self._ph} WHERE {column} = {self._ph} "
+            f"AND kind <> {self._ph} AND status IN ({self._marks(_CANCELLABLE)})",
+            [*args, *_CANCELLABLE],
+        )
+        return int(cursor.rowcount)
+
+    def _timestamp(self, moment: datetime) -> datetime | str:
+        """Return a moment as the dialect compares it with ``created_at``: UTC, naive or as text."""
+        utc = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+        naive = utc.replace(tzinfo=None)
+        # SQLite keeps 'YYYY-MM-DD HH:MM:SS' text, which compares in time order with this form.
+        return naive if self.dialect == "mysql" else naive.isoformat(sep=" ")
 
     def _upsert(self, cursor: Any, params: list[tuple[Any, ...]], update: Sequence[str]) -> int:
         """
@@ -676,6 +870,11 @@ def _check_msgid(task_id: str, msgid: str | None) -> None:
 def _clip(error: str | None) -> str | None:
     """Cut an error message to the column's length."""
     return error[:ERROR_MAX_LENGTH] if error is not None else None
+
+
+def _sorted_by_code(counts: dict[str | None, _T]) -> list[tuple[str | None, _T]]:
+    """Return ``(code, value)`` pairs in code order, ``None`` last."""
+    return sorted(counts.items(), key=lambda item: (item[0] is None, item[0] or ""))
 
 
 def _flatten(rows: Iterable[Sequence[Any]]) -> list[Any]:

@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -491,6 +491,15 @@ class TestBatchRow:
         assert batch.data == {"current": 10, "total": 10, "percentage": 100.0}
         assert store.counts("b1") == {}
 
+    def test_put_batch_never_reopens_a_cancelled_batch(self, store: StatusStore) -> None:
+        store.put_batch("b1", BatchState.RUNNING, {"current": 0})
+        store.cancel_batch("b1")
+
+        store.put_batch("b1", BatchState.RUNNING, {"current": 5})
+
+        batch = store.get_batch("b1")
+        assert batch.status == BatchState.CANCELLED and batch.data == {"current": 5}
+
     def test_get_batch_ignores_a_request_row(self, store: StatusStore) -> None:
         store.register(make_rows(1))
 
@@ -539,6 +548,280 @@ class TestMark:
         assert store.mark(["b1-000000", "b1-000001"], RequestState.CANCELLED) == 1
         assert store.mark(["b1-000000"], RequestState.CANCELLED, only_from=[]) == 0
         assert store.mark([], RequestState.CANCELLED) == 0
+
+
+INJECTION = "' OR 1=1 --"
+
+
+def mixed_rows() -> list[RequestRow]:
+    """Return requests of two batches, three interfaces and two institutions."""
+    specs = [
+        ("b1", "1101", "H11010100001"),
+        ("b1", "1101", "H11010100002"),
+        ("b1", "2207", "H11010100001"),
+        ("b1", None, None),  # rejected before its code was known
+        ("b2", "1101", "H11010100001"),
+        ("b2", "5301", "H11010100002"),
+    ]
+    return [
+        RequestRow(
+            task_id=f"m-{i}",
+            status=RequestState.PENDING,
+            batch_id=batch_id,
+            chunk_no=0,
+            api_code=api_code,
+            org_code=org_code,
+            kind=RequestKind.WRITE if api_code == "2207" else RequestKind.QUERY,
+        )
+        for i, (batch_id, api_code, org_code) in enumerate(specs)
+    ]
+
+
+def set_created_at(backend: Backend, created: dict[str, datetime]) -> None:
+    """Give rows a UTC ``created_at`` through the side door."""
+    conn = backend.connect()
+    try:
+        cursor = conn.cursor()
+        if backend.name == "mariadb":
+            cursor.execute("SET time_zone = '+00:00'")
+        for task_id, moment in created.items():
+            cursor.execute(
+                f"UPDATE async_task_status SET created_at = {backend.ph} WHERE task_id = {backend.ph}",
+                (moment.strftime("%Y-%m-%d %H:%M:%S"), task_id),
+            )
+        conn.commit()
+    finally:
+        conn.close()
+
+
+class TestListTasks:
+    def test_list_tasks_returns_requests_newest_first_without_batch_rows(self, store: StatusStore) -> None:
+        store.register(make_rows(5))
+        store.put_batch("b1", BatchState.RUNNING, {"total": 5})
+
+        page, total = store.list_tasks(limit=2)
+
+        assert total == 5
+        assert [row.task_id for row in page] == ["b1-000004", "b1-000003"]
+        assert page[0].data == {"request": {"api_code": "1101", "index": 4}}
+
+    def test_list_tasks_pages_through_every_row_once(self, store: StatusStore) -> None:
+        store.register(make_rows(5))
+
+        pages = [store.list_tasks(offset=offset, limit=2) for offset in (0, 2, 4, 6)]
+
+        assert [total for _, total in pages] == [5, 5, 5, 5]
+        assert [[row.task_id[-1] for row in page] for page, _ in pages] == [["4", "3"], ["2", "1"], ["0"], []]
+
+    @pytest.mark.parametrize(
+        ("filters", "expected"),
+        [
+            ({"status": "RETRY"}, ["m-1"]),
+            ({"status": ["RETRY", "SUCCESS"]}, ["m-4", "m-1"]),
+            ({"status": []}, []),
+            ({"api_code": "1101"}, ["m-4", "m-1", "m-0"]),
+            ({"org_code": "H11010100002"}, ["m-5", "m-1"]),
+            ({"batch_id": "b2"}, ["m-5", "m-4"]),
+            ({"batch_id": "b1", "api_code": "1101", "org_code": "H11010100001"}, ["m-0"]),
+            ({"api_code": "9999"}, []),
+        ],
+        ids=["status", "statuses", "no-status", "api-code", "org-code", "batch", "all-three", "no-match"],
+    )
+    def test_list_tasks_filters(
+        self, store: StatusStore, filters: dict[str, Any], expected: list[str]
+    ) -> None:
+        store.register(mixed_rows())
+        store.mark(["m-1"], RequestState.RETRY)
+        store.mark(["m-4"], RequestState.SUCCESS)
+
+        page, total = store.list_tasks(**filters)
+
+        assert [row.task_id for row in page] == expected
+        assert total == len(expected)
+
+    def test_list_tasks_filters_by_created_at_inclusive_and_reads_naive_times_as_utc(
+        self, backend: Backend, store: StatusStore
+    ) -> None:
+        store.register(make_rows(4))
+        set_created_at(backend, {f"b1-{i:06d}": datetime(2026, 1, 1, i, 0, 0, tzinfo=UTC) for i in range(4)})
+        beijing = timezone(timedelta(hours=8))
+
+        page, total = store.list_tasks(
+            created_from=datetime(2026, 1, 1, 9, 0, 0, tzinfo=beijing),  # 01:00 UTC
+            created_to=datetime(2026, 1, 1, 2, 0, 0),  # naive: UTC
+        )
+
+        assert [row.task_id for row in page] == ["b1-000002", "b1-000001"]
+        assert total == 2
+        assert store.list_tasks(created_from=datetime(2026, 1, 1, 3, 0, 0, 500_000))[1] == 0
+        assert store.list_tasks(created_to=datetime(2025, 12, 31, 23, 59, 59))[1] == 0
+
+    def test_list_tasks_binds_sql_in_filters_as_plain_values(self, store: StatusStore) -> None:
+        store.register(make_rows(3))
+
+        for name in ("status", "api_code", "org_code", "batch_id"):
+            assert store.list_tasks(**{name: INJECTION}) == ([], 0), name
+
+        assert store.list_tasks()[1] == 3
+        assert store.counts("b1") == {"PENDING": 3}
+
+    def test_list_tasks_takes_two_statements_whatever_the_size(
+        self, statements: tuple[StatusStore, list[str]]
+    ) -> None:
+        counting, log = statements
+        counting.register(make_rows(3000))
+        log.clear()
+
+        page, total = counting.list_tasks(status=["PENDING"], offset=2990, limit=50)
+
+        assert (len(page), total) == (10, 3000)
+        assert [sql.split()[0] for sql in log] == ["SELECT", "SELECT"]
+
+    def test_list_tasks_refuses_a_negative_offset(self, store: StatusStore) -> None:
+        with pytest.raises(ValueError, match="must not be negative"):
+            store.list_tasks(offset=-1)
+
+
+class TestStatistics:
+    def test_statistics_count_by_status_interface_and_institution(self, store: StatusStore) -> None:
+        store.register(mixed_rows())
+        store.put_batch("b1", BatchState.RUNNING)
+        store.mark(["m-0", "m-4"], RequestState.SUCCESS)
+        store.mark(["m-3"], RequestState.REJECTED, error="api_code is required")
+
+        stats = store.statistics()
+
+        assert stats == {
+            "total": 6,
+            "by_status": {"PENDING": 3, "REJECTED": 1, "SUCCESS": 2},
+            "by_api_code": {
+                "1101": {"PENDING": 1, "SUCCESS": 2},
+                "2207": {"PENDING": 1},
+                "5301": {"PENDING": 1},
+                None: {"REJECTED": 1},
+            },
+            "by_org_code": {
+                "H11010100001": {"PENDING": 1, "SUCCESS": 2},
+                "H11010100002": {"PENDING": 2},
+                None: {"REJECTED": 1},
+            },
+        }
+
+    def test_statistics_apply_the_filters(self, backend: Backend, store: StatusStore) -> None:
+        store.register(mixed_rows())
+        store.mark(["m-4"], RequestState.SUCCESS)
+        set_created_at(backend, {"m-5": datetime(2020, 1, 1, tzinfo=UTC)})
+
+        assert store.statistics(batch_id="b2")["by_status"] == {"PENDING": 1, "SUCCESS": 1}
+        assert store.statistics(api_code="1101", status=["SUCCESS"])["total"] == 1
+        assert store.statistics(created_to=datetime(2021, 1, 1, tzinfo=UTC))["by_api_code"] == {
+            "5301": {"PENDING": 1}
+        }
+        assert store.statistics(org_code=INJECTION) == {
+            "total": 0,
+            "by_status": {},
+            "by_api_code": {},
+            "by_org_code": {},
+        }
+
+    def test_statistics_take_one_grouped_query(self, statements: tuple[StatusStore, list[str]]) -> None:
+        counting, log = statements
+        counting.register(make_rows(3000))
+        log.clear()
+
+        assert counting.statistics()["by_status"] == {"PENDING": 3000}
+
+        assert len(log) == 1
+        assert "GROUP BY" in log[0]
+
+
+class TestCancel:
+    def test_cancel_batch_cancels_its_row_and_its_pending_and_retry_requests_only(
+        self, store: StatusStore
+    ) -> None:
+        rows = [
+            RequestRow(task_id=f"t-{state}", status=state, batch_id="b1", chunk_no=0)
+            for state in RequestState
+        ]
+        store.register([*rows, *make_rows(2, batch_id="b2")])
+        store.put_batch("b1", BatchState.RUNNING, {"total": len(rows)})
+        store.put_batch("b2", BatchState.RUNNING)
+
+        cancelled = store.cancel_batch("b1")
+
+        assert cancelled == 2
+        states = {row.task_id: (row.status, row.error) for row in store.rows("b1")}
+        for state in RequestState:
+            if state in (RequestState.PENDING, RequestState.RETRY):
+                assert states[f"t-{state}"] == ("CANCELLED", "cancelled by request")
+            else:
+                assert states[f"t-{state}"] == (state, None)
+        batch = store.get_batch("b1")
+        assert batch is not None
+        assert (batch.status, batch.data) == ("CANCELLED", {"total": len(rows)})
+        assert must_get(store, "b2").status == BatchState.RUNNING
+        assert store.counts("b2") == {"PENDING": 2}
+
+    def test_cancelled_requests_are_never_claimed(self, store: StatusStore) -> None:
+        store.register(make_rows(3))
+        store.put_batch("b1", BatchState.RUNNING)
+
+        store.cancel_batch("b1")
+
+        assert store.claim([(f"b1-{i:06d}", msgid(i)) for i in range(3)]) == set()
+        assert store.open_chunks("b1") == set()
+
+    def test_cancel_batch_of_an_unknown_batch_changes_nothing(self, store: StatusStore) -> None:
+        store.register(make_rows(2))
+
+        assert store.cancel_batch("nope") == 0
+        assert store.cancel_batch(INJECTION) == 0
+
+        assert store.counts("b1") == {"PENDING": 2}
+
+    def test_cancel_batch_takes_two_statements_for_5000_rows(
+        self, statements: tuple[StatusStore, list[str]]
+    ) -> None:
+        counting, log = statements
+        counting.register(make_rows(5000))
+        counting.put_batch("b1", BatchState.RUNNING)
+        log.clear()
+
+        assert counting.cancel_batch("b1") == 5000
+
+        assert [sql.split()[0] for sql in log] == ["UPDATE", "UPDATE"]
+
+    @pytest.mark.parametrize("state", [RequestState.PENDING, RequestState.RETRY])
+    def test_cancel_task_cancels_a_request_not_yet_sent(self, store: StatusStore, state: str) -> None:
+        store.register(make_rows(2, status=state))
+
+        row = store.cancel_task("b1-000000")
+
+        assert row is not None
+        assert (row.task_id, row.status, row.error) == ("b1-000000", "CANCELLED", "cancelled by request")
+        assert must_get(store, "b1-000001").status == state
+
+    @pytest.mark.parametrize(
+        "state", sorted(set(RequestState) - {RequestState.PENDING, RequestState.RETRY}), ids=str
+    )
+    def test_cancel_task_leaves_a_request_in_any_other_state_as_it_is(
+        self, store: StatusStore, state: str
+    ) -> None:
+        store.register(make_rows(1, status=state))
+
+        row = store.cancel_task("b1-000000")
+
+        assert row is not None
+        assert (row.status, row.error) == (state, None)
+
+    def test_cancel_task_returns_none_for_an_unknown_id_or_a_batch_row(self, store: StatusStore) -> None:
+        store.put_batch("b1", BatchState.RUNNING)
+
+        assert store.cancel_task("nope") is None
+        assert store.cancel_task("b1") is None
+        assert store.cancel_task(INJECTION) is None
+
+        assert must_get(store, "b1").status == BatchState.RUNNING
 
 
 class TestText:

@@ -1,0 +1,262 @@
+"""
+The routes of the status API, under ``/api/v1``: requests, batches, statistics, cancel.
+
+Each request to a route opens its own :class:`~medins.store.StatusStore` on the Connection
+``medins_status_default`` and closes it before the reply leaves (a store is not thread-safe).
+Personal data is masked in every reply but a single request read with ``full=true``.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from functools import cache
+from http import HTTPStatus
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi.responses import JSONResponse
+
+from medins.api.auth import can_edit_runs, can_read_runs
+from medins.api.models import Batch, BatchCancelled, Problem, Statistics, Task, TaskCancelled, TaskPage
+from medins.catalog import load_catalog
+from medins.masking import DEFAULT_PERSONAL_FIELDS, mask_data, mask_text
+from medins.progress import progress_of
+from medins.states import FINAL, RequestKind, RequestState
+from medins.store import RequestRow, StatusStore
+
+log = logging.getLogger(__name__)
+
+STATUS_CONN_ID = StatusStore.default_conn_name
+"""Connection of the status store the API reads and writes."""
+
+MAX_PAGE_SIZE = 500
+MAX_PAGE = 1_000_000
+"""Highest page number: a bound, so an absurd page is a 400 rather than an offset the database refuses."""
+
+_CANCELLABLE = frozenset({RequestState.PENDING, RequestState.RETRY})
+
+router = APIRouter(responses={"4XX": {"model": Problem}})
+
+CanRead = Depends(can_read_runs)
+Editor = Annotated[Any, Depends(can_edit_runs)]
+CreatedFrom = Annotated[
+    datetime | None,
+    Query(description="Earliest created_at, inclusive: ISO 8601, UTC when it has no offset."),
+]
+CreatedTo = Annotated[
+    datetime | None,
+    Query(description="Latest created_at, inclusive: ISO 8601, UTC when it has no offset."),
+]
+ApiCode = Annotated[str | None, Query(max_length=255, description="Interface code, e.g. 1101.")]
+OrgCode = Annotated[str | None, Query(max_length=255, description="Institution code.")]
+BatchId = Annotated[str | None, Query(max_length=255, description="Batch id.")]
+
+
+@router.get("/tasks/{task_id}", dependencies=[CanRead])
+def get_task(
+    task_id: str,
+    full: Annotated[bool, Query(description="Show personal data unmasked.")] = False,
+) -> Task:
+    """Return one request."""
+    with _open_store() as store:
+        row = store.get(task_id)
+
+    if row is None or row.kind == RequestKind.BATCH:
+        raise HTTPException(HTTPStatus.NOT_FOUND, _not_a_task(task_id, row))
+    return _task(row, full=full)
+
+
+@router.get("/tasks", dependencies=[CanRead])
+def list_tasks(
+    status: Annotated[
+        list[RequestState] | None, Query(description="Only requests in these states (repeatable).")
+    ] = None,
+    api_code: ApiCode = None,
+    org_code: OrgCode = None,
+    batch_id: BatchId = None,
+    created_from: CreatedFrom = None,
+    created_to: CreatedTo = None,
+    page: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 1,
+    page_size: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 50,
+) -> TaskPage:
+    """Return one page of requests, newest first; batch rows are not requests."""
+    created_from, created_to = _time_range(created_from, created_to)
+
+    with _open_store() as store:
+        rows, total = store.list_tasks(
+            status=status,
+            api_code=api_code,
+            org_code=org_code,
+            batch_id=batch_id,
+            created_from=created_from,
+            created_to=created_to,
+            offset=(page - 1) * page_size,
+            limit=page_size,
+        )
+
+    return TaskPage(items=[_task(row) for row in rows], total=total, page=page, page_size=page_size)
+
+
+@router.get("/batches/{batch_id}", dependencies=[CanRead])
+def get_batch(batch_id: str) -> Batch:
+    """Return a batch's progress, counted from its requests now, and what its registration recorded."""
+    with _open_store() as store:
+        batch = store.get_batch(batch_id)
+        counts = store.counts(batch_id) if batch is not None else {}
+
+    if batch is None:
+        raise HTTPException(HTTPStatus.NOT_FOUND, f"No batch {batch_id!r} in the status table.")
+    info = batch.data
+    return Batch(
+        batch_id=batch.task_id,
+        status=batch.status,
+        **progress_of(counts),
+        dag_id=info.get("dag_id"),
+        run_id=info.get("run_id"),
+        submitted=info.get("submitted"),
+        rejected=info.get("rejected"),
+        already_stored=info.get("already_stored"),
+        created_at=batch.created_at,
+        updated_at=batch.updated_at,
+        finished_at=info.get("finished_at"),
+    )
+
+
+@router.get("/statistics", dependencies=[CanRead])
+def get_statistics(
+    created_from: CreatedFrom = None,
+    created_to: CreatedTo = None,
+    api_code: ApiCode = None,
+    org_code: OrgCode = None,
+    batch_id: BatchId = None,
+) -> Statistics:
+    """Count requests by state, by interface and by institution."""
+    created_from, created_to = _time_range(created_from, created_to)
+
+    with _open_store() as store:
+        counts = store.statistics(
+            api_code=api_code,
+            org_code=org_code,
+            batch_id=batch_id,
+            created_from=created_from,
+            created_to=created_to,
+        )
+
+    by_status = counts["by_status"]
+    final = sum(count for state, count in by_status.items() if state in FINAL)
+    success = by_status.get(RequestState.SUCCESS, 0)
+    return Statistics(
+        total=counts["total"],
+        success_rate=round(success / final, 4) if final else 0.0,
+        by_status=by_status,
+        by_api_code={code or "": states for code, states in counts["by_api_code"].items()},
+        by_org_code={code or "": states for code, states in counts["by_org_code"].items()},
+    )
+
+
+@router.post("/batches/{batch_id}/cancel")
+def cancel_batch(batch_id: str, user: Editor) -> BatchCancelled:
+    """Cancel a batch: its requests not sent yet are cancelled; those already sent keep their true state."""
+    with _open_store() as store:
+        if store.get_batch(batch_id) is None:
+            raise HTTPException(HTTPStatus.NOT_FOUND, f"No batch {batch_id!r} in the status table.")
+        cancelled = store.cancel_batch(batch_id)
+
+    log.info("%s cancelled batch %s: %d requests not sent yet cancelled", _name(user), batch_id, cancelled)
+    return BatchCancelled(batch_id=batch_id, status=RequestState.CANCELLED, cancelled=cancelled)
+
+
+@router.post(
+    "/tasks/{task_id}/cancel",
+    responses={HTTPStatus.CONFLICT: {"model": TaskCancelled, "description": "Not PENDING or RETRY."}},
+)
+def cancel_task(task_id: str, user: Editor) -> Any:
+    """Cancel a request that is ``PENDING`` or ``RETRY``; any other state is left as it is (409)."""
+    with _open_store() as store:
+        before = store.get(task_id)
+        after = store.cancel_task(task_id) if before is not None else None
+
+    if before is None or after is None:
+        raise HTTPException(HTTPStatus.NOT_FOUND, _not_a_task(task_id, before))
+    if before.status not in _CANCELLABLE or after.status != RequestState.CANCELLED:
+        return JSONResponse(
+            status_code=HTTPStatus.CONFLICT,
+            content={
+                "task_id": after.task_id,
+                "status": after.status,
+                "detail": f"Request {after.task_id!r} is {after.status}: only PENDING or RETRY "
+                "requests can be cancelled.",
+            },
+        )
+    log.info("%s cancelled request %s (was %s)", _name(user), task_id, before.status)
+    return TaskCancelled(task_id=after.task_id, status=after.status)
+
+
+def _open_store() -> StatusStore:
+    """Return a new store on the API's Connection; use it in a ``with`` block so it is closed."""
+    return StatusStore.from_conn_id(STATUS_CONN_ID)
+
+
+@cache
+def _personal_fields() -> frozenset[str]:
+    """Return the fields masked in replies: the defaults and the catalog's ``personal_fields``."""
+    return DEFAULT_PERSONAL_FIELDS | load_catalog().personal_fields
+
+
+def _task(row: RequestRow, *, full: bool = False) -> Task:
+    """Return a request row as the API shows it, personal data masked unless ``full``."""
+    data = row.data or {}
+    request = data.get("request") or {}
+    result = data.get("output")
+    err_msg = data.get("err_msg")
+    error = row.error
+    if not full:
+        fields = _personal_fields()
+        request = mask_data(request, fields)
+        result = mask_data(result, fields)
+        err_msg = mask_text(err_msg) if isinstance(err_msg, str) else err_msg
+        error = mask_text(error) if error else error
+
+    return Task(
+        task_id=row.task_id,
+        status=row.status,
+        batch_id=row.batch_id,
+        api_code=row.api_code,
+        org_code=row.org_code,
+        kind=row.kind,
+        attempts=row.attempts,
+        msgid=row.msgid,
+        error=error,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        request=request if isinstance(request, dict) else {"raw": request},
+        result=result,
+        infcode=data.get("infcode"),
+        err_msg=err_msg,
+    )
+
+
+def _time_range(
+    created_from: datetime | None, created_to: datetime | None
+) -> tuple[datetime | None, datetime | None]:
+    """Read times without an offset as UTC; refuse (400) a range that ends before it starts."""
+    start = created_from.replace(tzinfo=UTC) if created_from and created_from.tzinfo is None else created_from
+    end = created_to.replace(tzinfo=UTC) if created_to and created_to.tzinfo is None else created_to
+    if start is not None and end is not None and start > end:
+        raise HTTPException(
+            HTTPStatus.BAD_REQUEST,
+            f"created_from ({start.isoformat()}) is after created_to ({end.isoformat()}).",
+        )
+    return start, end
+
+
+def _not_a_task(task_id: str, row: RequestRow | None) -> str:
+    if row is not None and row.kind == RequestKind.BATCH:
+        return f"{task_id!r} is a batch, not a request: see /batches/{task_id}."
+    return f"No request {task_id!r} in the status table."
+
+
+def _name(user: Any) -> str:
+    """Return the name of an Airflow user (a ``BaseUser``) for the log."""
+    return str(user.get_name())
