@@ -225,10 +225,16 @@ class ChunkRunner:
                     done = []
                     last_flush = clock()
 
-        # What the loop did not finish goes back for the next try.
+        # What the loop did not finish goes back for the next try, or is cancelled with its batch.
         leftovers = [job for _, _, job in waiting]
         for job in leftovers:
-            done.append(self._leave_open(job, report, last_try=last_try))
+            if stop_reason == "batch cancelled":
+                job.row.status = RequestState.CANCELLED
+                job.row.error = f"cancelled by request while waiting to be sent again: {job.last_reason}"
+                report.states[RequestState.CANCELLED] += 1
+                done.append(job.row)
+            else:
+                done.append(self._leave_open(job, report, last_try=last_try))
         if done:
             self.store.finish(done)
         report.left_open += len(pending)

@@ -91,6 +91,8 @@ def summarize_batch(
     with StatusStore.from_conn_id(status_conn_id) as store:
         batch = store.get_batch(batch_id)
         cancelled = batch is not None and batch.status == BatchState.CANCELLED
+        if cancelled:
+            store.cancel_batch(batch_id)  # requests a stopped chunk left waiting are cancelled too
         progress = refresh_progress(store, batch_id)
         left_open = progress["total"] - progress["current"]
         status = (

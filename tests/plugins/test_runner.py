@@ -155,3 +155,27 @@ def test_a_cancelled_batch_starts_no_new_call(hook, store, sandbox, registered):
     report = ChunkRunner(hook, store, cancel_check_seconds=0.0).run(batch, 0)
 
     assert report.sent == 0 and report.stopped_early == "batch cancelled"
+
+
+def test_rows_waiting_to_be_resent_when_the_batch_is_cancelled_end_cancelled(
+    hook, store, sandbox, registered, tmp_path
+):
+    import threading
+    import time
+
+    batch = registered([query(i) for i in range(6)])
+    sandbox.set_faults(error_5xx=1.0)
+
+    def cancel_from_elsewhere() -> None:  # another process's connection, as the status API has
+        time.sleep(0.5)
+        with _sqlite_store(tmp_path) as other:
+            other.cancel_batch(batch)
+
+    thread = threading.Thread(target=cancel_from_elsewhere)
+    thread.start()
+    report = ChunkRunner(hook, store, concurrency=6, backoff_base=5.0, cancel_check_seconds=0.2).run(batch, 0)
+    thread.join()
+
+    assert report.stopped_early == "batch cancelled"
+    assert store.counts(batch) == {"CANCELLED": 6}
+    assert "cancelled by request" in store.get("run-q-0").error
