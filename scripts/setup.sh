@@ -37,6 +37,10 @@ if [ "$(cat "$VENV/.lock-hash" 2>/dev/null)" != "$lock_hash" ]; then
   "$VENV/bin/python" -m pip install -q -r requirements.txt 2>&1 | { grep -v "is ignored: it is neither" || true; }
   echo "$lock_hash" > "$VENV/.lock-hash"
 fi
+# The client package and its `medins` command (include/medins_client), installed editable.
+if [ ! -x "$VENV/bin/medins" ]; then
+  "$VENV/bin/python" -m pip install -q --no-deps -e "$ROOT" 2>&1 | { grep -v "is ignored: it is neither" || true; }
+fi
 [ "$with_home" = 1 ] || exit 0
 
 # 3. Airflow's home: metadata DB, connections, the status table.
