@@ -33,10 +33,15 @@ HOME = Path(os.environ.get("MEDINS_CLUSTER_HOME", ROOT / ".airflow-cluster"))
 API_PORT = int(os.environ.get("MEDINS_CLUSTER_API_PORT", "8180"))
 FLOWER_PORT = int(os.environ.get("MEDINS_CLUSTER_FLOWER_PORT", "5555"))
 SANDBOX_PORT = int(os.environ.get("MEDINS_CLUSTER_SANDBOX_PORT", "8901"))
-# One metadata DB per home: another checkout's DB holds Connections encrypted with another key.
-METADATA_DB = os.environ.get(
-    "MEDINS_CLUSTER_METADATA_DB", "medins_airflow_" + hashlib.sha256(str(HOME).encode()).hexdigest()[:8]
-)
+
+
+def metadata_db() -> str:
+    """Return the metadata DB's name: one per Fernet key, since a DB whose Connections were
+    encrypted with another key (another checkout, or this folder cloned anew) cannot be read."""
+    default = "medins_airflow_" + hashlib.sha256(secret("fernet").encode()).hexdigest()[:10]
+    return os.environ.get("MEDINS_CLUSTER_METADATA_DB", default)
+
+
 STATUS_DB = os.environ.get("MEDINS_CLUSTER_STATUS_DB", "medins")
 BROKER = os.environ.get("MEDINS_CLUSTER_BROKER", "redis://127.0.0.1:6379/5")
 SHARED_REDIS_DB = int(os.environ.get("MEDINS_CLUSTER_SHARED_REDIS_DB", "6"))
@@ -72,7 +77,7 @@ def secret(name: str) -> str:
 
 def settings() -> dict[str, str]:
     """Return the environment every Airflow component of the native topology runs with."""
-    metadata = f"postgresql+psycopg2://postgres@127.0.0.1:5432/{METADATA_DB}"
+    metadata = f"postgresql+psycopg2://postgres@127.0.0.1:5432/{metadata_db()}"
     return {
         "AIRFLOW_HOME": str(HOME),
         "PYTHONPATH": f"{ROOT / 'plugins'}:{ROOT / 'include'}",
@@ -111,11 +116,11 @@ def ensure_services() -> None:
     subprocess.run(["bash", str(ROOT / "scripts/services.sh"), "postgres", "mariadb", "redis"], check=True)
     exists = subprocess.run(
         ["psql", "-h", "127.0.0.1", "-U", "postgres", "-tAc",
-         f"SELECT 1 FROM pg_database WHERE datname = '{METADATA_DB}'"],
+         f"SELECT 1 FROM pg_database WHERE datname = '{metadata_db()}'"],
         capture_output=True, text=True, check=True,
     ).stdout.strip()  # fmt: skip
     if exists != "1":
-        subprocess.run(["createdb", "-h", "127.0.0.1", "-U", "postgres", METADATA_DB], check=True)
+        subprocess.run(["createdb", "-h", "127.0.0.1", "-U", "postgres", metadata_db()], check=True)
     subprocess.run(
         ["mariadb", "-h", "127.0.0.1", "-u", "root", "-e",
          f"CREATE DATABASE IF NOT EXISTS `{STATUS_DB}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"],

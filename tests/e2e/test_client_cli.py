@@ -28,7 +28,8 @@ from medins_client import (
 )
 
 from tests.conftest import ROOT
-from tests.e2e.test_distributed import API, CLUSTER, SANDBOX, healthy
+from tests.e2e.conftest import API
+from tests.e2e.test_distributed import SANDBOX
 
 pytestmark = pytest.mark.distributed
 
@@ -36,26 +37,6 @@ ORG = "H44010600001"
 PSN_NO = "44010000000000000001"
 # Queries only: safe to send again, and no visit or settlement of the demo is repeated.
 SAMPLE = {"1101": 4, "5301": 3, "1312": 2, "5201": 2}
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    """Start the native topology unless it runs already; stop it afterwards if this module started it."""
-    started = False
-    deadline = time.monotonic() + 120  # a component being restarted comes back by itself
-    while not healthy() and time.monotonic() < deadline:
-        time.sleep(5)
-    if not healthy():
-        subprocess.run([*CLUSTER, "up", "--timeout", "300"], check=True)
-        started = True
-    yield
-    if started and not os.environ.get("MEDINS_KEEP_CLUSTER"):
-        subprocess.run([*CLUSTER, "down"], check=True)
-
-
-@pytest.fixture(scope="module")
-def password(cluster) -> str:
-    return json.loads((ROOT / ".airflow-cluster/passwords.json").read_text())["admin"]
 
 
 @pytest.fixture

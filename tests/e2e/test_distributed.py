@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
-import sys
 import time
 from collections import Counter
 
@@ -15,44 +13,15 @@ import pytest
 import requests
 
 from tests.conftest import ROOT
+from tests.e2e.conftest import API
 
 pytestmark = pytest.mark.distributed
 
-CLUSTER = [sys.executable, str(ROOT / "scripts/cluster.py")]
-API = "http://127.0.0.1:8180"
 SANDBOX = "http://127.0.0.1:8901"
 FLOWER = "http://127.0.0.1:5555"
 FAULTS = {"error_5xx": 0.05, "drop": 0.02, "lost_reply": 0.03, "latency_ms": 5, "jitter_ms": 5}
 TASK_INSTANCE = re.compile(r'"task_id":"(?P<task_id>\w+)","dag_id":"\w+","run_id":"(?P<run_id>[^"]+)"')
 NO_FAULTS = {"error_5xx": 0, "drop": 0, "lost_reply": 0, "business_error": 0, "latency_ms": 0, "jitter_ms": 0}
-
-
-def healthy() -> bool:
-    result = subprocess.run([*CLUSTER, "status"], capture_output=True, text=True)
-    return result.returncode == 0 and "DOWN" not in result.stdout
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    """Start the native topology unless it runs already; stop it afterwards if this module started it."""
-    started = False
-    if not healthy():
-        subprocess.run([*CLUSTER, "up", "--timeout", "300"], check=True)
-        started = True
-    yield
-    if started and not os.environ.get("MEDINS_KEEP_CLUSTER"):
-        subprocess.run([*CLUSTER, "down"], check=True)
-
-
-@pytest.fixture(scope="module")
-def api(cluster) -> requests.Session:
-    """Return a session authenticated against the api-server with a token from /auth/token."""
-    password = json.loads((ROOT / ".airflow-cluster/passwords.json").read_text())["admin"]
-    reply = requests.post(f"{API}/auth/token", json={"username": "admin", "password": password}, timeout=30)
-    reply.raise_for_status()
-    session = requests.Session()
-    session.headers["Authorization"] = f"Bearer {reply.json()['access_token']}"
-    return session
 
 
 @pytest.fixture(scope="module")

@@ -18,14 +18,12 @@ import pytest
 import requests
 
 from tests.conftest import ROOT
-from tests.e2e import test_distributed
-from tests.e2e.test_distributed import API, SANDBOX, batch_of, trigger, wait
+from tests.e2e.conftest import API
+from tests.e2e.test_distributed import SANDBOX, batch_of, trigger, wait
 
 pytestmark = pytest.mark.distributed
 
 # The topology's fixtures: started unless it runs already; an admin session with a token.
-cluster = test_distributed.cluster
-api = test_distributed.api
 
 STATUS_API = f"{API}/medins/api/v1"
 INJECTIONS = [
