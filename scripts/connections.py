@@ -76,6 +76,16 @@ def redis(host: str, port: int, db: int) -> dict:
             "extra": json.dumps({"db": db})}  # fmt: skip
 
 
+def airflow_metadata(url: str) -> dict:
+    """Return the Connection through which the hourly cleanup reaches Airflow's metadata DB.
+
+    Airflow 3 hides the metadata DB's URL from task processes; ``airflow db clean``, run by
+    ``medins_cleanup``, reads it from this Connection's extra instead.
+    """
+    return {"conn_type": "generic", "description": "Airflow metadata DB, for airflow db clean",
+            "extra": json.dumps({"sql_alchemy_conn": url})}  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -91,6 +101,11 @@ def main() -> None:
     )
     parser.add_argument("--status", default="mysql", help="sqlite:PATH or mysql (default)")
     parser.add_argument("--redis", help="HOST:PORT/DB of the Redis the workers share state through")
+    parser.add_argument(
+        "--metadata-url",
+        default=os.environ.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"),
+        help="Airflow's metadata DB URL, for the cleanup's airflow db clean (default: the current setting)",
+    )
     args = parser.parse_args()
 
     secret = os.environ.get("MEDINS_GATEWAY_SECRET", "")
@@ -103,6 +118,8 @@ def main() -> None:
         ),
         "medins_status_default": status_store(args.status),
     }
+    if args.metadata_url:
+        connections["medins_airflow_metadata"] = airflow_metadata(args.metadata_url)
     if args.redis:
         address, _, db = args.redis.partition("/")
         host, _, port = address.partition(":")

@@ -646,6 +646,127 @@ class StatusStore:
 
         return self._transaction(work)
 
+    # -- cleanup ---------------------------------------------------------------------------------
+
+    def purge_expired(
+        self,
+        older_than: datetime,
+        *,
+        chunk_size: int | None = None,
+        max_seconds: float | None = None,
+    ) -> int:
+        """
+        Delete the rows created before ``older_than``, a chunk of ids per short transaction.
+
+        A row is kept, however old, while it is open (``PENDING``, ``PROCESSING``, ``RETRY``) or
+        belongs to a running batch: one whose own row is ``RUNNING`` or that holds an open request.
+        A batch's own row goes once it is old and none of the batch's requests are left. Each chunk
+        selects at most ``chunk_size`` ids, deletes them by primary key and commits, so MySQL never
+        holds many locks, nor for long.
+
+        The running batches are read once, at the start. A batch run again later (a chunk cleared in
+        the UI) only claims its open rows, which are never deleted here.
+
+        :param older_than: rows created before this moment expire; a naive datetime is taken as UTC.
+        :param chunk_size: most rows per ``DELETE``; the store's ``chunk_size`` by default.
+        :param max_seconds: stop after the chunk that passes this many seconds; the next call goes on.
+        :return: how many rows were deleted, batch rows included.
+        """
+        size = chunk_size or self.chunk_size
+        if size < 1:
+            raise ValueError(f"chunk_size must be at least 1, not {size}.")
+        cutoff = self._timestamp(older_than)
+        started = time.monotonic()
+        running = self._running_batches()
+
+        requests = self._purge_chunks(self._expired_requests_sql(running), cutoff, size, started, max_seconds)
+        batches = 0
+        if max_seconds is None or time.monotonic() - started < max_seconds:
+            batches = self._purge_chunks(
+                self._expired_batches_sql(running), cutoff, size, started, max_seconds
+            )
+
+        log.info(
+            "Purged %d expired requests and %d batch rows from %s in %.1f s.",
+            requests,
+            batches,
+            TABLE,
+            time.monotonic() - started,
+        )
+        return requests + batches
+
+    def _running_batches(self) -> list[str]:
+        """Return the ids of the batches that still run: own row ``RUNNING``, or a request open."""
+        states = [*_CLAIMABLE, BatchState.RUNNING.value]
+        with self._cursor() as cursor:
+            cursor.execute(
+                f"SELECT DISTINCT batch_id FROM {TABLE} WHERE batch_id IS NOT NULL "
+                f"AND status IN ({self._marks(states)})",
+                states,
+            )
+            return sorted(batch_id for (batch_id,) in cursor.fetchall())
+
+    def _expired_requests_sql(self, running: Sequence[str]) -> tuple[str, list[Any]]:
+        """Return the filter (after ``created_at < ?``) and its values for expired, final requests."""
+        sql = f"kind <> {self._ph} AND status NOT IN ({self._marks(_CLAIMABLE)})"
+        args: list[Any] = [RequestKind.BATCH.value, *_CLAIMABLE]
+        if running:
+            sql += f" AND (batch_id IS NULL OR batch_id NOT IN ({self._marks(running)}))"
+            args.extend(running)
+        return sql, args
+
+    def _expired_batches_sql(self, running: Sequence[str]) -> tuple[str, list[Any]]:
+        """Return the filter (after ``created_at < ?``) and its values for expired batch rows left alone."""
+        sql = (
+            f"kind = {self._ph} AND status <> {self._ph} AND NOT EXISTS ("
+            f"SELECT 1 FROM {TABLE} r WHERE r.batch_id = {TABLE}.task_id AND r.kind <> {self._ph})"
+        )
+        args: list[Any] = [RequestKind.BATCH.value, BatchState.RUNNING.value, RequestKind.BATCH.value]
+        if running:
+            sql += f" AND task_id NOT IN ({self._marks(running)})"
+            args.extend(running)
+        return sql, args
+
+    def _purge_chunks(
+        self,
+        where: tuple[str, list[Any]],
+        cutoff: datetime | str,
+        size: int,
+        started: float,
+        max_seconds: float | None,
+    ) -> int:
+        """Select up to ``size`` matching ids in id order, delete them, commit; repeat until none match."""
+        sql, args = where
+        select = (
+            f"SELECT id FROM {TABLE} WHERE created_at < {self._ph} AND id > {self._ph} AND {sql} "
+            f"ORDER BY id LIMIT {self._ph}"
+        )
+
+        def work(cursor: Any, after: int) -> tuple[int, int | None]:
+            cursor.execute(select, [cutoff, after, *args, size])
+            ids = [int(row_id) for (row_id,) in cursor.fetchall()]
+            if not ids:
+                return 0, None
+            # Checked again on delete: a row claimed since it was selected stays.
+            cursor.execute(
+                f"DELETE FROM {TABLE} WHERE id IN ({self._marks(ids)}) "
+                f"AND status NOT IN ({self._marks(_CLAIMABLE)})",
+                [*ids, *_CLAIMABLE],
+            )
+            return int(cursor.rowcount), ids[-1]
+
+        deleted = 0
+        last_id = 0
+        while True:
+            count, last = self._transaction(functools.partial(work, after=last_id))
+            deleted += count
+            if last is None:
+                return deleted
+            last_id = last
+            if max_seconds is not None and time.monotonic() - started >= max_seconds:
+                log.info("Stopped purging after %.1f s; the next run deletes the rest.", max_seconds)
+                return deleted
+
     # -- helpers ---------------------------------------------------------------------------------
 
     def _marks(self, values: Sequence[Any]) -> str:
