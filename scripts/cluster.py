@@ -130,7 +130,7 @@ def ensure_services() -> None:
 
 def connections() -> dict:
     """Return the Connections of the native topology: the sandbox, MariaDB, Redis for shared state."""
-    from connections import gateway, redis, status_store
+    from connections import airflow_metadata, gateway, redis, status_store
 
     os.environ.update(MYSQL_HOST="127.0.0.1", MYSQL_USER="root", MYSQL_PASSWORD="", MYSQL_DATABASE=STATUS_DB)
     return {
@@ -143,6 +143,7 @@ def connections() -> dict:
         ),
         "medins_status_default": status_store("mysql"),
         "medins_redis_default": redis("127.0.0.1", 6379, SHARED_REDIS_DB),
+        "medins_airflow_metadata": airflow_metadata(settings()["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]),
     }
 
 
@@ -191,7 +192,8 @@ def components() -> list[tuple[str, list[str], dict[str, str]]]:
                 f"worker-{name}",
                 ["airflow", "celery", "worker", "--queues", queue, "--concurrency", str(concurrency),
                  "--celery-hostname", f"{name}@%h", "--without-mingle", "--without-gossip"],
-                {"AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(8793 + index)},
+                # Each worker serves its logs on a port of its own; 8794 is the triggerer's.
+                {"AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(8810 + index)},
             )
         )  # fmt: skip
     parts.append(
@@ -328,9 +330,12 @@ def main() -> None:
         for key, value in settings().items():
             print(f"export {key}={json.dumps(value)}")
     else:
-        for name, ok in health().items():
+        status = health()
+        for name, ok in status.items():
             print(f"  {name:<26} {'healthy' if ok else 'DOWN'}")
         print_where()
+        if not all(status.values()):
+            raise SystemExit(1)
 
 
 if __name__ == "__main__":

@@ -157,6 +157,22 @@ def _submit(args: argparse.Namespace) -> int:
     progress = client.wait_for_batch(batch_id, timeout=args.timeout, poll=1.0, on_progress=bar.update)
     bar.close()
     _out(summary(batch_id, progress))
+    already = progress.get("already_stored") or 0
+    if already:
+        _say(
+            f"medins: {already} of the file's requests were stored before under the same request_id and were "
+            "not sent again; see them with: medins status REQUEST_ID"
+        )
+    not_sent = {
+        state: progress.get("counts", {}).get(state, 0) for state in ("REJECTED", "FAILURE", "UNKNOWN")
+    }
+    if any(not_sent.values()):
+        _say(
+            "medins: see why with: medins export "
+            f"{batch_id} --out {batch_id}.csv  ("
+            + ", ".join(f"{state} {count}" for state, count in not_sent.items() if count)
+            + ")"
+        )
     left_open = progress["total"] - progress["current"]
     if left_open:
         _say(
