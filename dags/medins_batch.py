@@ -22,7 +22,7 @@ from __future__ import annotations
 from airflow.sdk import dag, task
 
 from medins.defaults import START_DATE, default_args
-from medins.operators.chunk import MedicalInsuranceChunkOperator
+from medins.fanout import chunked_fanout
 from medins.params import batch_params
 
 STATUS_CONN_ID = "medins_status_default"
@@ -55,23 +55,7 @@ def medins_batch():
             status_conn_id=STATUS_CONN_ID,
         )
 
-    chunks = register()
-
-    send_chunk = MedicalInsuranceChunkOperator.partial(
-        task_id="send_chunk",
-        queue="medical_batch",
-        medins_conn_id=GATEWAY_CONN_ID,
-        status_conn_id=STATUS_CONN_ID,
-        map_index_template="{{ task.chunk['label'] }}",
-    ).expand(chunk=chunks)
-
-    @task(trigger_rule="all_done", retries=0)
-    def summarize(params=None, run_id=None) -> dict:
-        from medins.tasks import summarize_batch
-
-        return summarize_batch(run_id=run_id, batch_id=params.get("batch_id"), status_conn_id=STATUS_CONN_ID)
-
-    send_chunk >> summarize()
+    chunked_fanout(register(), medins_conn_id=GATEWAY_CONN_ID, status_conn_id=STATUS_CONN_ID)
 
 
 medins_batch()
