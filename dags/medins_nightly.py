@@ -9,6 +9,12 @@ Runs at 02:00 China time and works on the day before (the run of 3 December at 0
    and a `3201` reconciliation per institution, whose totals come from the settlement summary the
    hospital system exports (a CSV file). The requests become the batch `nightly-<day>`; their ids
    derive from job, day and institution, so running the same night again adds and sends nothing.
+   The same batch takes the requests of the CSV, Excel or JSON files departments dropped into the
+   inbox during the day (`<AIRFLOW_HOME>/medins/inbox`, or the folder in the Airflow Variable
+   `medins_inbox_dir`; names starting with `.` or ending in `.part`/`.tmp` are left alone); their
+   ids derive from day, file and row. Each file then moves to `processed/<day>/` (read, even if
+   some rows were rejected) or `failed/<day>/` (unreadable), next to a `.report.json` with the
+   counts and each rejected row's reason.
 2. **send_chunk** and **summarize** are the chunked fan-out of `medins_batch`: the same operator,
    mapped over chunk descriptors, then the batch's final counts.
 3. **resolve_unknown_settlements** resolves the day's `UNKNOWN` settlements (`2207` whose reply was
@@ -51,6 +57,7 @@ def medins_nightly():
     def register(logical_date=None, dag_run=None, run_id=None, dag=None, ti=None) -> list[dict]:
         from airflow.sdk import Variable
 
+        from medins.inbox import INBOX_VARIABLE, default_inbox_dir
         from medins.nightly import DEFAULT_JOBS_FILE, JOBS_VARIABLE, night_before, register_night
 
         night = night_before(logical_date or dag_run.run_after)
@@ -58,6 +65,7 @@ def medins_nightly():
         return register_night(
             Variable.get(JOBS_VARIABLE, default=str(DEFAULT_JOBS_FILE)),
             night,
+            inbox_dir=Variable.get(INBOX_VARIABLE, default=str(default_inbox_dir())),
             run_id=run_id,
             dag_id=dag.dag_id,
             medins_conn_id=GATEWAY_CONN_ID,

@@ -72,6 +72,9 @@ class RequestFile:
     path: Path
     requests: list[dict[str, Any]]
     options: dict[str, Any] = field(default_factory=dict)
+    #: Where each request stands in the file: its row as a spreadsheet shows it (the header is
+    #: row 1, blank rows count) for CSV and Excel, its position from 1 for JSON.
+    rows: list[int] = field(default_factory=list)
 
 
 def read_requests(path: str | os.PathLike[str], catalog: InterfaceCatalog | None = None) -> RequestFile:
@@ -100,9 +103,10 @@ def read_requests(path: str | os.PathLike[str], catalog: InterfaceCatalog | None
     options: dict[str, Any] = {}
     if kind == "JSON":
         requests, options = _read_json(path, catalog)
+        rows = list(range(1, len(requests) + 1))
     else:
         table = _read_csv(path) if kind == "CSV" else _read_excel(path)
-        requests = _table_requests(path, table, catalog)
+        requests, rows = _table_requests(path, table, catalog)
 
     if not requests:
         raise InputError(f"{path} holds no requests")
@@ -111,7 +115,7 @@ def read_requests(path: str | os.PathLike[str], catalog: InterfaceCatalog | None
             f"{path} holds {len(requests):,} requests, more than the {MAX_REQUESTS:,} one batch takes: "
             "split it"
         )
-    return RequestFile(path=path, requests=requests, options=options)
+    return RequestFile(path=path, requests=requests, options=options, rows=rows)
 
 
 def check_export_path(path: str | os.PathLike[str]) -> Path:
@@ -238,22 +242,26 @@ def _read_excel(path: Path) -> list[list[Any]]:
     return frame.values.tolist()
 
 
-def _table_requests(path: Path, rows: list[list[Any]], catalog: InterfaceCatalog) -> list[dict[str, Any]]:
-    """Turn the rows of a CSV file or a sheet into requests; the first non-blank row is the header."""
+def _table_requests(
+    path: Path, rows: list[list[Any]], catalog: InterfaceCatalog
+) -> tuple[list[dict[str, Any]], list[int]]:
+    """Turn the rows of a CSV file or a sheet into requests and their row numbers; the first
+    non-blank row is the header."""
     start = next((index for index, row in enumerate(rows) if not _blank_row(row)), None)
     if start is None:
         raise InputError(f"{path} is empty")
     header = [_text(cell) for cell in rows[start]]
     columns = _columns(path, header, rows[start + 1 :])
 
-    requests = []
+    requests, numbers = [], []
     for index in range(start + 1, len(rows)):
         row = rows[index]
         if _blank_row(row):
             continue
         cells = dict(zip(header, row, strict=False))
         requests.append(_row_request(f"{path}, row {index + 1}", cells, columns, catalog))
-    return requests
+        numbers.append(index + 1)
+    return requests, numbers
 
 
 def _columns(path: Path, header: list[str], rows: Sequence[Sequence[Any]]) -> list[str]:

@@ -35,6 +35,9 @@ means the institution settled nothing that day: every total is 0.
 Request ids are ``<job name>-<ds>-<org_code>`` (``-<index>`` added for a list of inputs) and the
 batch id is ``nightly-<ds>``: running the same night again stores and sends nothing new.
 
+**The inbox.** The same batch takes the requests of the files departments dropped into the inbox
+folder during the day; :mod:`medins.inbox` reads them and files them away with a report.
+
 **The day's unresolved settlements.** A ``2207`` whose reply was lost is ``UNKNOWN``: it may have
 been applied. :func:`resolve_unknown_settlements` asks ``5203`` whether the settlement exists;
 found, the row becomes ``SUCCESS`` with the settlement; not found, the row stays ``UNKNOWN`` unless
@@ -296,6 +299,7 @@ def register_night(
     *,
     run_id: str,
     dag_id: str,
+    inbox_dir: str | Path | None = None,
     chunk_size: int = 250,
     concurrency: int = 16,
     medins_conn_id: str = MedicalInsuranceHook.default_conn_name,
@@ -304,24 +308,38 @@ def register_night(
     """
     Store the night's requests as the batch ``nightly-<ds>`` and return its chunk descriptors.
 
-    Requests stored by an earlier run of the same night are left as they are, so only their chunks
-    that still hold open requests are returned.
+    The requests are the recurring jobs' and those of the inbox's files (:mod:`medins.inbox`), one
+    batch; once it is stored, each inbox file is moved to ``processed`` or ``failed`` with its
+    report. Requests stored by an earlier run of the same night are left as they are, so only the
+    chunks that still hold open requests are returned, including chunks of requests an earlier try
+    took from inbox files that are gone since.
+
+    :param inbox_dir: The inbox folder; ``None`` takes no files.
     """
+    from medins.inbox import file_inbox, read_inbox
     from medins.tasks import register_batch
 
     jobs_file = Path(jobs_file)
     jobs = load_jobs(jobs_file)
     expansion = expand_jobs(jobs, night, base_dir=jobs_file.parent)
+    inbox = None
+    if inbox_dir is not None:
+        catalog_path = MedicalInsuranceHook(medins_conn_id=medins_conn_id).catalog.path
+        inbox = read_inbox(inbox_dir, night.ds, catalog_path=catalog_path)
+    inbox_requests = inbox.requests if inbox else []
     log.info(
-        "Night %s: %d jobs of %s expand into %d requests (summaries read: %s)",
+        "Night %s: %d jobs of %s expand into %d requests (summaries read: %s); the inbox adds %d "
+        "requests from %d files",
         night.ds,
         len(jobs),
         jobs_file,
         len(expansion.requests),
         ", ".join(expansion.files) or "none",
+        len(inbox_requests),
+        len(inbox.files) if inbox else 0,
     )
-    return register_batch(
-        expansion.requests,
+    chunks = register_batch(
+        [*expansion.requests, *inbox_requests],
         run_id=run_id,
         dag_id=dag_id,
         batch_id=night.batch_id,
@@ -330,6 +348,26 @@ def register_night(
         medins_conn_id=medins_conn_id,
         status_conn_id=status_conn_id,
     )
+
+    with StatusStore.from_conn_id(status_conn_id) as store:
+        if inbox is not None:
+            file_inbox(
+                inbox, night.ds, batch_id=night.batch_id, store=store, first_index=len(expansion.requests)
+            )
+        left_over = sorted(store.open_chunks(night.batch_id) - {chunk["chunk_no"] for chunk in chunks})
+    for chunk_no in left_over:
+        chunks.append(
+            {
+                "batch_id": night.batch_id,
+                "chunk_no": chunk_no,
+                "size": 0,
+                "label": f"#{chunk_no} open requests of an earlier try",
+                "concurrency": concurrency,
+            }
+        )
+    if left_over:
+        log.info("Night %s: %d more chunks hold open requests of an earlier try", night.ds, len(left_over))
+    return chunks
 
 
 def resolve_unknown_settlements(

@@ -156,6 +156,48 @@ def test_running_a_night_again_stores_and_sends_nothing(airflow_db, gateway, sta
     assert gateway.stats()["received"] == received
 
 
+@pytest.fixture
+def inbox(tmp_path, monkeypatch):
+    """Point the Variable ``medins_inbox_dir`` at an empty folder of the test's own."""
+    folder = tmp_path / "inbox"
+    folder.mkdir()
+    monkeypatch.setenv("AIRFLOW_VAR_MEDINS_INBOX_DIR", str(folder))
+    return folder
+
+
+@pytest.mark.e2e
+def test_inbox_files_join_the_nights_batch_and_a_broken_one_is_filed_as_failed(
+    airflow_db, gateway, status_store, jobs_file, inbox
+):
+    jobs_file(CATALOG_SYNC, RECONCILE)
+    logical_date, day = next(iter(NIGHTS.items()))
+    (inbox / "outpatient.csv").write_text(
+        "api_code,org_code,data.query_date,data.page_num,data.page_size\n"
+        + "".join(f"1312,{org},{day},2,20\n" for org in ORGS),
+        encoding="utf-8",
+    )
+    (inbox / "pharmacy.json").write_text('[{"api_code": "1312",', encoding="utf-8")
+
+    run = run_night(logical_date)
+
+    with status_store() as store:
+        rows = {row.task_id: row for row in store.rows(f"nightly-{day}")}
+        batch = store.get_batch(f"nightly-{day}")
+    inbox_ids = [f"inbox-{day}-outpatient-2", f"inbox-{day}-outpatient-3"]
+    assert str(run.state) == "success"
+    assert sorted(rows) == sorted(
+        [*inbox_ids, *(f"{job}-{day}-{org}" for job in ("catalog-sync", "reconcile-310") for org in ORGS)]
+    )
+    assert {rows[request_id].status for request_id in inbox_ids} == {"SUCCESS"}
+    assert batch.status == "DONE" and batch.data["total"] == 6
+    assert sent(gateway, "1312") == 4
+    assert (inbox / "processed" / day / "outpatient.csv").exists()
+    assert (inbox / "failed" / day / "pharmacy.json").exists()
+    failed = json.loads((inbox / "failed" / day / "pharmacy.json.report.json").read_text(encoding="utf-8"))
+    assert failed["message"].startswith("pharmacy.json is not valid JSON")
+    assert sorted(path.name for path in inbox.iterdir()) == ["failed", "processed"]
+
+
 def settle_request(request_id: str) -> dict:
     return {
         "request_id": request_id,
