@@ -191,6 +191,11 @@ class MedicalInsuranceClient:
         :param concurrency: Gateway calls in flight per chunk (the DAG's default when not given).
         :raises SubmissionRefused: Airflow refused the batch's form, with its reason.
         """
+        if isinstance(requests, (str, bytes, Mapping)) or not isinstance(requests, Iterable):
+            raise InputError(
+                f"requests must be a list of request objects, not {type(requests).__name__}: "
+                'e.g. [{"api_code": "1101", "org_code": "...", "data": {...}}]'
+            )
         batch_id = batch_id or new_batch_id()
         if not BATCH_ID.match(batch_id):
             raise InputError(f"batch id {batch_id!r} must be 1-64 letters, digits or _.:+@-")

@@ -607,3 +607,13 @@ def test_dates_in_requests_are_written_as_the_catalog_says(tmp_path):
 
     assert data == {"psn_no": "44010000000000000001", "begntime": "2026-11-01 00:00:00",
                     "endtime": "2026-11-01 23:59:59"}  # fmt: skip
+
+
+@pytest.mark.parametrize("requests_", ["1101", {"api_code": "1101"}, 1101], ids=["str", "dict", "int"])
+def test_a_batch_that_is_not_a_list_is_refused_before_anything_is_sent(requests_):
+    from medins_client import InputError, MedicalInsuranceClient
+
+    client = MedicalInsuranceClient("http://127.0.0.1:9", "nobody", "nothing")
+
+    with pytest.raises(InputError, match="requests must be a list of request objects"):
+        client.call_batch_async(requests_)
