@@ -189,3 +189,20 @@ def shared_redis(monkeypatch):
     if keys:
         client.delete(*keys)
     client.close()
+
+
+def mariadb_connect(database: str, **kwargs):
+    """Open a plain connection to ``database`` on the test MariaDB, in UTC, outside the store."""
+    import MySQLdb
+
+    conn = MySQLdb.connect(
+        host=MYSQL_SERVER["host"],
+        port=MYSQL_SERVER["port"],
+        user=MYSQL_SERVER["user"],
+        passwd=MYSQL_SERVER["password"],
+        db=database,
+        charset="utf8mb4",
+        **kwargs,
+    )
+    conn.cursor().execute("SET time_zone = '+00:00'")
+    return conn

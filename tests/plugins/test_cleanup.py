@@ -22,7 +22,7 @@ import pytest
 from medins import cleanup
 from medins.states import BatchState, RequestState
 from medins.store import RequestRow, StatusStore
-from tests.conftest import MYSQL_SERVER
+from tests.conftest import MYSQL_SERVER, mariadb_connect
 
 CONN_ID = "medins_status_cleanup_test"
 
@@ -86,22 +86,6 @@ class CountingConnection:
         return getattr(self._conn, name)
 
 
-def _mysql_connect(database: str, **kwargs: Any) -> Any:
-    import MySQLdb
-
-    conn = MySQLdb.connect(
-        host=MYSQL_SERVER["host"],
-        port=MYSQL_SERVER["port"],
-        user=MYSQL_SERVER["user"],
-        passwd=MYSQL_SERVER["password"],
-        db=database,
-        charset="utf8mb4",
-        **kwargs,
-    )
-    conn.cursor().execute("SET time_zone = '+00:00'")
-    return conn
-
-
 @pytest.fixture(params=["mariadb", "sqlite"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Backend:
     """Point Connection ``medins_status_cleanup_test`` at an empty database of each kind."""
@@ -118,7 +102,7 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.
         "extra": {"charset": "utf8mb4"},
     }  # fmt: skip
     monkeypatch.setenv(env, json.dumps(connection))
-    backend = Backend("mariadb", lambda: _mysql_connect(database))
+    backend = Backend("mariadb", lambda: mariadb_connect(database))
     backend.execute("DROP TABLE IF EXISTS async_task_status")
     return backend
 
@@ -242,7 +226,7 @@ def test_purging_100000_rows_never_blocks_a_writer_for_long(mariadb_database: st
             }
         ),
     )  # fmt: skip
-    admin = _mysql_connect(mariadb_database)
+    admin = mariadb_connect(mariadb_database)
     admin.cursor().execute("DROP TABLE IF EXISTS async_task_status")
     with StatusStore.from_conn_id(CONN_ID) as store:
         store.create_schema()
@@ -266,7 +250,7 @@ def test_purging_100000_rows_never_blocks_a_writer_for_long(mariadb_database: st
     fill_seconds = time.monotonic() - started
 
     # A writer that keeps updating one fresh row, and may wait at most 2 s for a lock.
-    writer = _mysql_connect(mariadb_database)
+    writer = mariadb_connect(mariadb_database)
     writer.cursor().execute("SET SESSION innodb_lock_wait_timeout = 2")
     stop = threading.Event()
     updates: list[float] = []
@@ -310,7 +294,7 @@ def test_purging_100000_rows_never_blocks_a_writer_for_long(mariadb_database: st
             return Cursor()
 
     purger = StatusStore(
-        lambda: TimedConnection(_mysql_connect(mariadb_database), statements), "mysql", chunk_size=1000
+        lambda: TimedConnection(mariadb_connect(mariadb_database), statements), "mysql", chunk_size=1000
     )
     thread = threading.Thread(target=keep_updating)
     thread.start()

@@ -26,7 +26,7 @@ import pytest
 
 from medins.states import FINAL, OPEN, BatchState, RequestKind, RequestState
 from medins.store import RequestRow, StatusStore, split_statements
-from tests.conftest import MYSQL_SERVER
+from tests.conftest import MYSQL_SERVER, mariadb_connect
 
 CONN_ID = "medins_status_test"
 CONN_ENV = f"AIRFLOW_CONN_{CONN_ID.upper()}"
@@ -93,7 +93,6 @@ class CountingCursor:
 
 
 def _mariadb_backend(database: str, monkeypatch: pytest.MonkeyPatch) -> Backend:
-    import MySQLdb
 
     monkeypatch.setenv(
         CONN_ENV,
@@ -111,14 +110,7 @@ def _mariadb_backend(database: str, monkeypatch: pytest.MonkeyPatch) -> Backend:
     )
 
     def connect() -> Any:
-        return MySQLdb.connect(
-            host=MYSQL_SERVER["host"],
-            port=MYSQL_SERVER["port"],
-            user=MYSQL_SERVER["user"],
-            passwd=MYSQL_SERVER["password"],
-            db=database,
-            charset="utf8mb4",
-        )
+        return mariadb_connect(database)
 
     backend = Backend("mariadb", "%s", connect)
     backend.query("DROP TABLE IF EXISTS async_task_status")

@@ -387,7 +387,7 @@ class MedicalInsuranceHook(BaseHook):
 
     def sign_in(self, institution: Institution, *, force: bool = False) -> str:
         """Return the institution operator's ``sign_no`` for today, signing in with ``9001`` if needed."""
-        key = f"{institution.fixmedins_code}:{institution.opter}:{now_cst():%Y%m%d}"
+        key = _sign_in_key(institution)
         if not force and (cached := self.sign_in_cache.get(key)):
             return cached
         # One sign-in at a time: across workers when the cache is shared, else across this hook's threads.
@@ -448,7 +448,7 @@ class MedicalInsuranceHook(BaseHook):
         )
         if outcome.kind is OutcomeKind.REFUSED and outcome.err_msg.startswith(SIGN_IN_EXPIRED):
             # Refused before processing: sign in again and send once more under a new msgid.
-            key = f"{institution.fixmedins_code}:{institution.opter}:{now_cst():%Y%m%d}"
+            key = _sign_in_key(institution)
             # Only the stale sign_no is dropped: a worker that renewed it first is reused, not redone.
             self.sign_in_cache.drop(key, sign_no)
             try:
@@ -577,6 +577,11 @@ def _as_int(value: Any) -> int | None:
 
 def _since(started: float) -> float:
     return round((time.perf_counter() - started) * 1000, 1)
+
+
+def _sign_in_key(institution: Institution) -> str:
+    """Return the cache key of an institution operator's sign-in: it holds for their day."""
+    return f"{institution.fixmedins_code}:{institution.opter}:{now_cst():%Y%m%d}"
 
 
 def _seconds_to_midnight() -> int:
