@@ -36,6 +36,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, TypeVar
 
+from tenacity import RetryCallState, Retrying
+
 from medins.states import OPEN, BatchState, RequestKind, RequestState
 
 log = logging.getLogger(__name__)
@@ -77,6 +79,15 @@ _REQUEST_KINDS = frozenset(RequestKind) - {RequestKind.BATCH}
 
 _DEADLOCK_TRIES = 3
 _MYSQL_DEADLOCK = 1213  # ER_LOCK_DEADLOCK: InnoDB rolled the whole transaction back
+
+# MySQL client and server codes that mean the server could not be reached or the connection broke:
+# can't connect (2002 socket, 2003 TCP), server gone away (2006), lost connection (2013, 2055),
+# shutdown in progress (1053), connection killed (1927, MariaDB), idle connection closed (4031).
+_MYSQL_OUTAGE = frozenset({1053, 1927, 2002, 2003, 2006, 2013, 2055, 4031})
+_OUTAGE_MAX_PAUSE = 5.0
+
+STORE_OUTAGE_SECONDS = 180.0
+"""How long task-side stores wait out an unreachable database before failing (see ``outage_seconds``)."""
 
 _SQL_COMMENT = re.compile(r"--[^\n]*|/\*.*?\*/", re.DOTALL)
 
@@ -120,6 +131,9 @@ class StatusStore:
     :param chunk_size: most rows (or ids) per statement.
     :param max_statement_bytes: most bytes of values per statement, so a chunk of large rows stays
         well below MySQL's ``max_allowed_packet``.
+    :param outage_seconds: how long a call waits out an unreachable database (server down, connection
+        lost), reconnecting with backoff, before it raises; 0 raises at once. Tasks use
+        :data:`STORE_OUTAGE_SECONDS`, so a database restart costs them time, not outcomes.
     """
 
     default_conn_name = "medins_status_default"
@@ -132,6 +146,7 @@ class StatusStore:
         sql_dir: Path | None = None,
         chunk_size: int = 1000,
         max_statement_bytes: int = 4 * 1024 * 1024,
+        outage_seconds: float = 0.0,
     ) -> None:
         if dialect not in ("mysql", "sqlite"):
             raise ValueError(f"Unknown dialect {dialect!r}: the store supports 'mysql' and 'sqlite'.")
@@ -141,6 +156,7 @@ class StatusStore:
         self.sql_dir = sql_dir or DEFAULT_SQL_DIR
         self.chunk_size = chunk_size
         self.max_statement_bytes = max_statement_bytes
+        self.outage_seconds = max(0.0, outage_seconds)
         self._connect = connect
         self._conn: Any = None
         self._ph = "%s" if dialect == "mysql" else "?"
@@ -151,9 +167,12 @@ class StatusStore:
         Build a store on the Airflow Connection ``conn_id``.
 
         :param conn_id: Connection of type ``mysql`` or ``sqlite`` (see the module docstring).
-        :param kwargs: passed on to :class:`StatusStore`.
+        :param kwargs: passed on to :class:`StatusStore`; ``outage_seconds`` is
+            :data:`STORE_OUTAGE_SECONDS` unless given.
         """
         from medins.connections import get_connection
+
+        kwargs.setdefault("outage_seconds", STORE_OUTAGE_SECONDS)
 
         conn = get_connection(conn_id)
 
@@ -249,27 +268,60 @@ class StatusStore:
 
     def _transaction(self, work: Callable[[Any], _T]) -> _T:
         """
-        Run ``work(cursor)`` in one transaction; run it again if MySQL picked it as a deadlock victim.
+        Run ``work(cursor)`` in one transaction, and run it again when that is safe and may help.
 
-        InnoDB rolls a deadlock victim back whole, so running it again applies nothing twice.
+        * MySQL picked it as a deadlock victim: InnoDB rolled it back whole, so running it again
+          applies nothing twice (up to 3 runs).
+        * The database could not be reached or the connection broke: with ``outage_seconds`` set,
+          the store reconnects and runs it again until that long has passed since the first
+          failure. Every write of the store is idempotent (an upsert, or an update guarded by the
+          states it moves from), so a transaction whose commit went through before the connection
+          broke does no harm when it runs again.
         """
-        attempt = 1
-        while True:
+        retrying = Retrying(
+            stop=self._give_up, wait=self._pause, before_sleep=self._before_retry, reraise=True
+        )
+        for attempt in retrying:
+            with attempt, self._cursor() as cursor:
+                return work(cursor)
+        raise AssertionError("unreachable: Retrying either returns or raises")  # pragma: no cover
+
+    def _give_up(self, state: RetryCallState) -> bool:
+        err = state.outcome.exception() if state.outcome else None
+        if self.dialect == "mysql" and _mysql_code(err) == _MYSQL_DEADLOCK:
+            return state.attempt_number >= _DEADLOCK_TRIES
+        if _is_outage(err):
+            return state.seconds_since_start >= self.outage_seconds
+        return True
+
+    def _pause(self, state: RetryCallState) -> float:
+        err = state.outcome.exception() if state.outcome else None
+        if _mysql_code(err) == _MYSQL_DEADLOCK:
+            return random.uniform(0.05, 0.2) * state.attempt_number
+        left = self.outage_seconds - state.seconds_since_start
+        return max(0.0, min(_OUTAGE_MAX_PAUSE, 0.5 * 2 ** (state.attempt_number - 1), left))
+
+    def _before_retry(self, state: RetryCallState) -> None:
+        err = state.outcome.exception() if state.outcome else None
+        if _mysql_code(err) == _MYSQL_DEADLOCK:
+            log.warning(
+                "[Try %d] Deadlock writing %s; running the transaction again.", state.attempt_number, TABLE
+            )
+            return
+        # The connection is dead or was never made: the next run opens a new one.
+        conn, self._conn = self._conn, None
+        if conn is not None:
             try:
-                with self._cursor() as cursor:
-                    return work(cursor)
-            except Exception as err:
-                deadlock = self.dialect == "mysql" and bool(err.args) and err.args[0] == _MYSQL_DEADLOCK
-                if not deadlock or attempt >= _DEADLOCK_TRIES:
-                    raise
-                log.warning(
-                    "[Try %d of %d] Deadlock writing %s; running the transaction again.",
-                    attempt,
-                    _DEADLOCK_TRIES,
-                    TABLE,
-                )
-                time.sleep(random.uniform(0.05, 0.2) * attempt)
-                attempt += 1
+                conn.close()
+            except Exception:
+                log.debug("Closing the broken status store connection failed.", exc_info=True)
+        log.warning(
+            "[Try %d] The status store is unreachable (%s) for %.0f s; trying again for up to %.0f s.",
+            state.attempt_number,
+            _describe_error(err),
+            state.seconds_since_start,
+            self.outage_seconds,
+        )
 
     def _abort(self, conn: Any) -> None:
         """Roll back; drop the connection if even that fails, so the next call reconnects."""
@@ -498,7 +550,8 @@ class StatusStore:
 
     def counts(self, batch_id: str) -> dict[str, int]:
         """Count a batch's requests by status, without the batch's own row."""
-        with self._cursor() as cursor:
+
+        def work(cursor: Any) -> dict[str, int]:
             cursor.execute(
                 f"SELECT status, COUNT(*) FROM {TABLE} WHERE batch_id = {self._ph} AND kind <> {self._ph} "
                 "GROUP BY status",
@@ -506,16 +559,21 @@ class StatusStore:
             )
             return {status: int(count) for status, count in cursor.fetchall()}
 
+        return self._transaction(work)
+
     def open_chunks(self, batch_id: str) -> set[int]:
         """Return the numbers of the batch's chunks that still hold a row in an open state."""
         states = sorted(OPEN)
-        with self._cursor() as cursor:
+
+        def work(cursor: Any) -> set[int]:
             cursor.execute(
                 f"SELECT DISTINCT chunk_no FROM {TABLE} WHERE batch_id = {self._ph} AND kind <> {self._ph} "
                 f"AND chunk_no IS NOT NULL AND status IN ({self._marks(states)})",
                 [batch_id, RequestKind.BATCH.value, *states],
             )
             return {int(chunk_no) for (chunk_no,) in cursor.fetchall()}
+
+        return self._transaction(work)
 
     def list_tasks(
         self,
@@ -548,7 +606,7 @@ class StatusStore:
             raise ValueError(f"offset and limit must not be negative, not {offset} and {limit}.")
         where, args = self._filter_requests(status, api_code, org_code, batch_id, created_from, created_to)
 
-        with self._cursor() as cursor:
+        def work(cursor: Any) -> tuple[list[RequestRow], int]:
             cursor.execute(f"SELECT COUNT(*) FROM {TABLE} {where}", args)
             total = int(cursor.fetchone()[0])
             if total <= offset or limit == 0:
@@ -558,6 +616,8 @@ class StatusStore:
                 [*args, int(limit), int(offset)],
             )
             return [_to_row(record) for record in cursor.fetchall()], total
+
+        return self._transaction(work)
 
     def statistics(
         self,
@@ -579,13 +639,15 @@ class StatusStore:
         """
         where, args = self._filter_requests(status, api_code, org_code, batch_id, created_from, created_to)
 
-        with self._cursor() as cursor:
+        def work(cursor: Any) -> list[Any]:
             cursor.execute(
                 f"SELECT api_code, org_code, status, COUNT(*) FROM {TABLE} {where} "
                 "GROUP BY api_code, org_code, status",
                 args,
             )
-            groups = cursor.fetchall()
+            return list(cursor.fetchall())
+
+        groups = self._transaction(work)
 
         by_status: Counter[str] = Counter()
         by_api_code: dict[str | None, Counter[str]] = {}
@@ -698,13 +760,16 @@ class StatusStore:
     def _running_batches(self) -> list[str]:
         """Return the ids of the batches that still run: own row ``RUNNING``, or a request open."""
         states = [*_CLAIMABLE, BatchState.RUNNING.value]
-        with self._cursor() as cursor:
+
+        def work(cursor: Any) -> list[str]:
             cursor.execute(
                 f"SELECT DISTINCT batch_id FROM {TABLE} WHERE batch_id IS NOT NULL "
                 f"AND status IN ({self._marks(states)})",
                 states,
             )
             return sorted(batch_id for (batch_id,) in cursor.fetchall())
+
+        return self._transaction(work)
 
     def _expired_requests_sql(self, running: Sequence[str]) -> tuple[str, list[Any]]:
         """Return the filter (after ``created_at < ?``) and its values for expired, final requests."""
@@ -872,9 +937,11 @@ class StatusStore:
         return self._select(where, args)
 
     def _select(self, where: str, args: Sequence[Any]) -> list[RequestRow]:
-        with self._cursor() as cursor:
+        def work(cursor: Any) -> list[RequestRow]:
             cursor.execute(f"{_SELECT} {where}", list(args))
             return [_to_row(record) for record in cursor.fetchall()]
+
+        return self._transaction(work)
 
 
 def _connect_mysql(hook: Any) -> Any:
@@ -1024,3 +1091,25 @@ def _chunks(items: list[Any], size: int, max_bytes: int | None = None) -> Iterat
 def _text_bytes(values: Sequence[Any]) -> int:
     """Estimate a row's size on the wire: UTF-8 bytes of its text, 8 per other value."""
     return sum(len(v.encode("utf-8")) if isinstance(v, str) else 8 for v in values)
+
+
+def _mysql_code(err: BaseException | None) -> int | None:
+    """Return the MySQL error code of a mysqlclient error, else None."""
+    if err is None or not type(err).__module__.startswith("MySQLdb") or not err.args:
+        return None
+    code = err.args[0]
+    return code if isinstance(code, int) else None
+
+
+def _is_outage(err: BaseException | None) -> bool:
+    """Tell whether ``err`` says the database could not be reached or the connection broke."""
+    if err is None or not type(err).__module__.startswith("MySQLdb"):
+        return False
+    if type(err).__name__ == "InterfaceError":  # a connection already closed under the client
+        return True
+    return type(err).__name__ == "OperationalError" and _mysql_code(err) in _MYSQL_OUTAGE
+
+
+def _describe_error(err: BaseException | None) -> str:
+    code = _mysql_code(err)
+    return f"{type(err).__name__} {code}" if code is not None else type(err).__name__

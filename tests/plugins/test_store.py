@@ -956,6 +956,66 @@ class TestConnection:
         assert log[-4:] == ["INSERT", "DEADLOCK", "INSERT", "INSERT"]
         assert store.counts("b1") == {"PENDING": 1500}
 
+    @pytest.mark.parametrize("backend", ["mariadb"], indirect=True)
+    def test_mariadb_connection_killed_under_a_task_store_is_replaced(
+        self, backend: Backend, store: StatusStore
+    ) -> None:
+        with StatusStore.from_conn_id(CONN_ID) as task_store:
+            task_store.register(make_rows(10))
+            backend.query(f"KILL {task_store._conn.thread_id()}")
+
+            task_store.finish(
+                [RequestRow("b1-000000", RequestState.SUCCESS.value, batch_id="b1", chunk_no=0)]
+            )
+
+            assert task_store.counts("b1") == {"PENDING": 9, "SUCCESS": 1}
+
+    @pytest.mark.parametrize("backend", ["mariadb"], indirect=True)
+    def test_mariadb_store_without_an_outage_allowance_raises_at_once(
+        self, backend: Backend, store: StatusStore
+    ) -> None:
+        import MySQLdb
+
+        with StatusStore(backend.connect, "mysql", outage_seconds=0) as strict:
+            strict.register(make_rows(1))
+            backend.query(f"KILL {strict._conn.thread_id()}")
+
+            with pytest.raises(MySQLdb.OperationalError):
+                strict.get("b1-000000")
+
+    @pytest.mark.parametrize("backend", ["mariadb"], indirect=True)
+    def test_mariadb_out_of_reach_for_a_while_is_waited_out(
+        self, backend: Backend, store: StatusStore, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        closed = _closed_port()
+        back_at = time.monotonic() + 2.0
+
+        def connect() -> Any:  # connection refused until the server is back
+            return _refused(closed) if time.monotonic() < back_at else backend.connect()
+
+        with StatusStore(connect, "mysql", outage_seconds=30) as patient:
+            patient.register(make_rows(3))
+
+        assert time.monotonic() >= back_at
+        assert store.counts("b1") == {"PENDING": 3}
+        assert re.search(r"status store is unreachable \(OperationalError 200[23]\)", caplog.text)
+
+    @pytest.mark.parametrize("backend", ["mariadb"], indirect=True)
+    def test_mariadb_out_of_reach_longer_than_the_allowance_raises(self, backend: Backend) -> None:
+        import MySQLdb
+
+        closed = _closed_port()
+        started = time.monotonic()
+
+        with (
+            StatusStore(lambda: _refused(closed), "mysql", outage_seconds=1.5) as patient,
+            pytest.raises(MySQLdb.OperationalError) as raised,
+        ):
+            patient.get("x")
+
+        assert raised.value.args[0] in (2002, 2003)  # the MariaDB client says 2002 for TCP as well
+        assert 1.5 <= time.monotonic() - started < 10
+
     @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
     def test_sqlite_database_is_in_wal_mode(self, backend: Backend, store: StatusStore) -> None:
         store.get("x")
@@ -1023,3 +1083,19 @@ class TestSplitStatements:
 
         for path in sorted((DEFAULT_SQL_DIR / dialect).glob("*.sql")):
             assert split_statements(path.read_text(encoding="utf-8"))
+
+
+def _closed_port() -> int:
+    """Return a loopback port nothing listens on: connecting to it is refused."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _refused(port: int) -> Any:
+    """Try to open a MariaDB connection on ``port``, where nothing listens: raises OperationalError 2003."""
+    import MySQLdb
+
+    return MySQLdb.connect(host="127.0.0.1", port=port, user=MYSQL_SERVER["user"], connect_timeout=2)
