@@ -16,17 +16,21 @@ process only.
 
 from __future__ import annotations
 
+import functools
 import logging
 import secrets
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from medins.hooks.gateway import GatewayError
 from medins.sequence import MAX_PER_SECOND
@@ -40,6 +44,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+_T = TypeVar("_T")
+
 DEFAULT_PREFIX = "medins"
 
 # How long an admission holds its slot of the rate limit, in seconds: a little over the second the
@@ -48,9 +54,29 @@ DEFAULT_PREFIX = "medins"
 # gateway second as one admitted a second after it.
 RATE_WINDOW_SECONDS = 1.1
 
+# How long shared state waits out Redis being unreachable (a restart, a failover) before a call gives up.
+REDIS_OUTAGE_SECONDS = 30.0
+
 # How long a second's msgid counter is kept: a sender whose clock lags another's by less than this
 # still continues that second's count instead of starting it again.
 MSGID_COUNTER_TTL_SECONDS = 600
+
+# The next sequence of one institution's second, or 0 when that second may not be used.
+# KEYS[1]: the second's counter; KEYS[2]: the first second this Redis' counters cover, set when it is
+# found missing (first use, or Redis lost its data). ARGV: the second (yyyyMMddHHmmss), the counter's TTL.
+_NEXT_SEQUENCE = """
+local since = redis.call('GET', KEYS[2])
+if not since then
+    redis.call('SET', KEYS[2], ARGV[1])
+    return 0
+end
+if ARGV[1] <= since then
+    return 0
+end
+local seq = redis.call('INCR', KEYS[1])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return seq
+"""
 
 # Compare-and-delete: forget a sign_no only if it is still the one cached.
 _DROP_IF_SAME = """
@@ -103,17 +129,25 @@ class RedisMsgIdSequence:
         self.prefix = prefix
 
     def next_msgid(self, org_code: str) -> str:
-        """Return the next ``msgid`` for ``org_code``; wait for the next second when one is used up."""
+        """
+        Return the next ``msgid`` for ``org_code``; wait for the next second when one is used up.
+
+        Redis that lost its data (restarted without persistence, flushed) no longer knows which
+        sequences of the current second were handed out: no msgid is then given out for that second
+        or an earlier one. Waiting out a Redis restart follows :func:`_with_redis`.
+        """
         while True:
             stamp = datetime.now(SHANGHAI).strftime("%Y%m%d%H%M%S")
-            key = f"{self.prefix}:msgid:{org_code}:{stamp}"
-            with self.client.pipeline(transaction=True) as pipe:
-                pipe.incr(key)
-                pipe.expire(key, MSGID_COUNTER_TTL_SECONDS)
-                seq, _ = pipe.execute()
-            if seq <= MAX_PER_SECOND:
+            keys = [f"{self.prefix}:msgid:{org_code}:{stamp}", f"{self.prefix}:msgid:kept-since"]
+            args = [stamp, MSGID_COUNTER_TTL_SECONDS]
+            seq = _with_redis("msgid sequence", functools.partial(self._next, keys=keys, args=args))
+            if 0 < seq <= MAX_PER_SECOND:
                 return f"{org_code}{stamp}{seq:04d}"
             time.sleep(1.0 - time.time() % 1.0 + 0.001)
+
+    @functools.cached_property
+    def _next(self) -> Any:
+        return self.client.register_script(_NEXT_SEQUENCE)
 
 
 class RedisSignInCache:
@@ -131,14 +165,14 @@ class RedisSignInCache:
 
     def get(self, key: str) -> str | None:
         """Return the cached ``sign_no`` for ``key``, or None."""
-        with _redis_failure_as_gateway_error("sign-in cache"):
-            value = self.client.get(self._key(key))
+        value = _with_redis("sign-in cache", lambda: self.client.get(self._key(key)))
         return value.decode() if isinstance(value, bytes) else value
 
     def put(self, key: str, sign_no: str, ttl_seconds: int) -> None:
         """Keep ``sign_no`` for ``key`` for ``ttl_seconds``."""
-        with _redis_failure_as_gateway_error("sign-in cache"):
-            self.client.set(self._key(key), sign_no, ex=max(1, int(ttl_seconds)))
+        _with_redis(
+            "sign-in cache", lambda: self.client.set(self._key(key), sign_no, ex=max(1, int(ttl_seconds)))
+        )
 
     def drop(self, key: str, sign_no: str) -> None:
         """Forget ``sign_no`` for ``key`` if it is still the cached one; a newer one stays."""
@@ -157,8 +191,7 @@ class RedisSignInCache:
         """
         name = f"{self.prefix}:signin-lock:{key}"
         lock = self.client.lock(name, timeout=timeout, sleep=0.05, blocking_timeout=timeout)
-        with _redis_failure_as_gateway_error("sign-in lock"):
-            acquired = lock.acquire()
+        acquired = _with_redis("sign-in lock", lock.acquire)
         if not acquired:
             raise GatewayError(f"another worker has been signing in for {key} for more than {timeout:g} s")
         try:
@@ -213,10 +246,8 @@ class RedisRateLimiter:
         key = f"{self.prefix}:rate:{org_code}"
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            with _redis_failure_as_gateway_error("rate limit"):
-                wait_us = self._admit(
-                    keys=[key], args=[self.per_second, round(self.window * 1_000_000), secrets.token_hex(8)]
-                )
+            args = [self.per_second, round(self.window * 1_000_000), secrets.token_hex(8)]
+            wait_us = _with_redis("rate limit", functools.partial(self._admit, keys=[key], args=args))
             if not wait_us:
                 return True
             wait = wait_us / 1_000_000
@@ -301,11 +332,28 @@ def shared_state_from_extras(
     return RedisMsgIdSequence(client, prefix=prefix), RedisSignInCache(client, prefix=prefix), limiter
 
 
-@contextmanager
-def _redis_failure_as_gateway_error(what: str) -> Iterator[None]:
-    """Turn a Redis failure into a GatewayError, which the hook reports as a call not sent."""
+def _with_redis(what: str, call: Callable[[], _T]) -> _T:
+    """
+    Run ``call`` against Redis, waiting out a Redis that cannot be reached for a while.
+
+    Connection failures and timeouts are tried again with backoff for :data:`REDIS_OUTAGE_SECONDS`;
+    any Redis failure left is raised as a GatewayError, which the hook reports as a call not sent.
+    """
+    retrying = Retrying(
+        retry=retry_if_exception_type((RedisConnectionError, RedisTimeoutError)),
+        stop=stop_after_delay(REDIS_OUTAGE_SECONDS),
+        wait=wait_exponential(multiplier=0.2, max=3.0),
+        before_sleep=lambda state: log.warning(
+            "[Try %d] Redis (%s) unreachable: %s; trying again for up to %.0f s",
+            state.attempt_number,
+            what,
+            type(state.outcome.exception()).__name__ if state.outcome else "?",
+            REDIS_OUTAGE_SECONDS,
+        ),
+        reraise=True,
+    )
     try:
-        yield
+        return retrying(call)
     except RedisError as err:
         raise GatewayError(f"the {what} in Redis could not be used ({type(err).__name__}: {err})") from err
 

@@ -66,12 +66,34 @@ class TestRedisMsgIdSequence:
         time.sleep(1.0 - time.time() % 1.0 + 0.01)  # start early in a second, so it does not end unseen
         stamp = datetime.now(SHANGHAI).strftime("%Y%m%d%H%M%S")
         shared_redis.client.set(f"{shared_redis.prefix}:msgid:{ORG}:{stamp}", 9997)
+        shared_redis.client.set(f"{shared_redis.prefix}:msgid:kept-since", "20260101000000")
         sequence = RedisMsgIdSequence(shared_redis.client, prefix=shared_redis.prefix)
 
         ids = [sequence.next_msgid(ORG) for _ in range(3)]
 
         next_second = datetime.strptime(stamp, "%Y%m%d%H%M%S") + timedelta(seconds=1)
         assert ids == [f"{ORG}{stamp}9998", f"{ORG}{stamp}9999", f"{ORG}{next_second:%Y%m%d%H%M%S}0001"]
+
+    def test_no_second_used_before_redis_lost_its_data_is_used_again(self, shared_redis):
+        sequence = RedisMsgIdSequence(shared_redis.client, prefix=shared_redis.prefix)
+        before = [sequence.next_msgid(ORG) for _ in range(50)]
+
+        # What a Redis restart without persistence does to the sequence's keys.
+        shared_redis.client.delete(*shared_redis.client.keys(f"{shared_redis.prefix}:*"))
+        after = [sequence.next_msgid(ORG) for _ in range(50)]
+
+        last_second_before = max(MSGID.match(msgid).group(1) for msgid in before)
+        assert all(MSGID.match(msgid).group(1) > last_second_before for msgid in after)
+        assert len(set(before + after)) == 100
+
+    def test_a_new_redis_holds_back_only_the_second_it_was_found_empty_in(self, shared_redis):
+        sequence = RedisMsgIdSequence(shared_redis.client, prefix=shared_redis.prefix)
+        started = time.monotonic()
+
+        first, second = sequence.next_msgid(ORG), sequence.next_msgid(ORG)
+
+        assert time.monotonic() - started < 1.5
+        assert int(MSGID.match(first).group(2)) == 1 and int(MSGID.match(second).group(2)) in (1, 2)
 
     def test_counter_of_a_second_expires(self, shared_redis):
         sequence = RedisMsgIdSequence(shared_redis.client, prefix=shared_redis.prefix)
