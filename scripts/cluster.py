@@ -103,6 +103,11 @@ def settings() -> dict[str, str]:
         "AIRFLOW__CORE__PARALLELISM": "32",
         "AIRFLOW__CELERY__WORKER_CONCURRENCY": "4",
         "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "True",
+        # A task whose worker died is failed (and retried) after 60 s without a heartbeat, and one
+        # whose broker message was lost (a Redis restart) after 120 s queued; the batch pool keeps
+        # chunks from waiting in the broker that long.
+        "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "60",
+        "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": "120",
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",
         "FLOWER_UNAUTHENTICATED_API": "true",
     }
@@ -159,6 +164,11 @@ def prepare(env: dict[str, str]) -> None:
     conn_file.write_text(json.dumps(connections(), ensure_ascii=False))
     conn_file.chmod(0o600)
     run_airflow(env, "connections", "import", "--overwrite", str(conn_file))
+    sys.path.insert(0, str(ROOT / "plugins"))
+    from medins.defaults import BATCH_POOL, BATCH_POOL_DESCRIPTION
+
+    batch_slots = sum(concurrency for _, queue, concurrency in WORKERS if queue == "medical_batch")
+    run_airflow(env, "pools", "set", BATCH_POOL, str(batch_slots), BATCH_POOL_DESCRIPTION)
     subprocess.run(
         [sys.executable, "-m", "medins.admin", "init-store"], env=env, check=True, capture_output=True
     )

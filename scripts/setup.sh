@@ -55,4 +55,6 @@ chmod 600 "$AIRFLOW_HOME/connections.json.tmp"
 mv "$AIRFLOW_HOME/connections.json.tmp" "$AIRFLOW_HOME/connections.json"
 airflow connections import --overwrite "$AIRFLOW_HOME/connections.json" >/dev/null
 python -m medins.admin init-store
+airflow pools set medins_batch "${MEDINS_BATCH_POOL_SLOTS:-4}" \
+  "Chunks of medical-insurance batches running at once; match the medical_batch workers' slots" >/dev/null
 say "Set up: Airflow home $AIRFLOW_HOME, connections medins_gateway_default and medins_status_default"
