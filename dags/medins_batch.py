@@ -41,8 +41,8 @@ GATEWAY_CONN_ID = "medins_gateway_default"
 )
 def medins_batch():
     @task
-    def register(params=None, run_id=None, dag=None) -> list[dict]:
-        from medins.tasks import register_batch
+    def register(params=None, run_id=None, dag=None, ti=None) -> list[dict]:
+        from medins.tasks import register_batch, run_is_active
 
         return register_batch(
             params["requests"],
@@ -53,6 +53,7 @@ def medins_batch():
             concurrency=params["concurrency"],
             medins_conn_id=GATEWAY_CONN_ID,
             status_conn_id=STATUS_CONN_ID,
+            run_is_active=run_is_active(ti),
         )
 
     chunked_fanout(register(), medins_conn_id=GATEWAY_CONN_ID, status_conn_id=STATUS_CONN_ID)

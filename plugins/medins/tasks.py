@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from medins.batch import batch_id_for, plan_batch
@@ -14,6 +14,19 @@ from medins.store import StatusStore
 from medins.timeutil import now_cst
 
 log = logging.getLogger(__name__)
+
+#: Tells whether a DAG run (dag_id, run_id) is still queued or running; tasks ask Airflow.
+RunIsActive = Callable[[str, str], bool]
+
+
+def _sent_by_another_run(batch: Any, run_id: str, run_is_active: RunIsActive | None) -> str | None:
+    """Return the run id of another DAG run that is sending ``batch`` now, if there is one."""
+    if batch is None or run_is_active is None or batch.status != BatchState.RUNNING:
+        return None
+    owner, owner_dag = batch.data.get("run_id"), batch.data.get("dag_id")
+    if not owner or owner == run_id or not owner_dag:
+        return None
+    return owner if run_is_active(owner_dag, owner) else None
 
 
 def register_batch(
@@ -26,8 +39,14 @@ def register_batch(
     concurrency: int = 16,
     medins_conn_id: str = MedicalInsuranceHook.default_conn_name,
     status_conn_id: str = StatusStore.default_conn_name,
+    run_is_active: RunIsActive | None = None,
 ) -> list[dict[str, Any]]:
-    """Store every request of the batch as a row and return the chunk descriptors to map over."""
+    """
+    Store every request of the batch as a row and return the chunk descriptors to map over.
+
+    A batch another DAG run is still sending (the same ``batch_id`` submitted again) is left to that
+    run: nothing is stored and no chunk is returned, so no request is sent by two runs at once.
+    """
     batch_id = batch_id_for(run_id, batch_id)
     hook = MedicalInsuranceHook(medins_conn_id=medins_conn_id)
     plan = plan_batch(
@@ -40,6 +59,14 @@ def register_batch(
 
     with StatusStore.from_conn_id(status_conn_id) as store:
         existing = store.get_batch(batch_id)
+        if owner := _sent_by_another_run(existing, run_id, run_is_active):
+            log.warning(
+                "Batch %s is being sent by run %s: this run stores and sends nothing. Follow that run, "
+                "or submit again once it has ended to resume what it leaves open.",
+                batch_id,
+                owner,
+            )
+            return []
         inserted = store.register(plan.rows)
         open_chunks = store.open_chunks(batch_id)
         info = {
@@ -83,6 +110,7 @@ def summarize_batch(
     run_id: str,
     batch_id: str | None = None,
     status_conn_id: str = StatusStore.default_conn_name,
+    run_is_active: RunIsActive | None = None,
 ) -> dict[str, Any]:
     """Write the batch's final counts and progress; fail when requests were left open."""
     from airflow.sdk.exceptions import AirflowFailException
@@ -90,6 +118,11 @@ def summarize_batch(
     batch_id = batch_id_for(run_id, batch_id)
     with StatusStore.from_conn_id(status_conn_id) as store:
         batch = store.get_batch(batch_id)
+        if owner := _sent_by_another_run(batch, run_id, run_is_active):
+            log.info(
+                "Batch %s is being sent by run %s, which summarizes it; nothing to do here.", batch_id, owner
+            )
+            return {"batch_id": batch_id, "sent_by": owner}
         cancelled = batch is not None and batch.status == BatchState.CANCELLED
         if cancelled:
             store.cancel_batch(batch_id)  # requests a stopped chunk left waiting are cancelled too
@@ -116,3 +149,14 @@ def summarize_batch(
             "succeeded requests are not sent again."
         )
     return {key: progress[key] for key in ("current", "total", "percentage", "counts")}
+
+
+def run_is_active(ti: Any) -> RunIsActive | None:
+    """Return a check, asked through ``ti``, of whether a DAG run is still queued or running; None without."""
+    if ti is None:
+        return None
+
+    def check(dag_id: str, run_id: str) -> bool:
+        return str(ti.get_dagrun_state(dag_id=dag_id, run_id=run_id)) in ("queued", "running")
+
+    return check

@@ -184,3 +184,38 @@ def test_the_same_batch_submitted_twice_adds_and_sends_nothing_the_second_time(
         assert store.counts(first.run_id)["SUCCESS"] >= 20 + 40 - 3
     assert str(second.state) == "success"
     assert gateway.stats()["received"] == received
+
+
+@pytest.mark.parametrize("owner_active", [True, False], ids=["owner-running", "owner-ended"])
+def test_a_batch_id_another_run_is_sending_is_left_to_that_run(gateway, status_backend, owner_active):
+    from medins.store import StatusStore
+    from medins.tasks import register_batch, summarize_batch
+
+    requests = sample_requests(10, f"owned-{owner_active}")
+    batch_id = f"owned-{owner_active}-{status_backend}"
+    asked: list[tuple[str, str]] = []
+
+    def run_is_active(dag_id: str, run_id: str) -> bool:
+        asked.append((dag_id, run_id))
+        return owner_active
+
+    register_batch(requests[:5], run_id="run-a", dag_id="medins_batch", batch_id=batch_id)
+    chunks = register_batch(
+        requests, run_id="run-b", dag_id="medins_batch", batch_id=batch_id, run_is_active=run_is_active
+    )
+    summary = (
+        summarize_batch(run_id="run-b", batch_id=batch_id, run_is_active=run_is_active)
+        if owner_active
+        else {}
+    )
+
+    with StatusStore.from_conn_id("medins_status_default") as store:
+        batch, rows = store.get_batch(batch_id), store.rows(batch_id)
+    assert asked[0] == ("medins_batch", "run-a")
+    if owner_active:  # nothing stored, nothing to send, and the owner's batch row untouched
+        assert chunks == [] and len(rows) == 5
+        assert summary == {"batch_id": batch_id, "sent_by": "run-a"}
+        assert batch.status == "RUNNING" and batch.data["run_id"] == "run-a"
+    else:  # the owner ended: this run resumes the batch with what it adds
+        assert chunks and len(rows) == len(requests)
+        assert batch.data["run_id"] == "run-b"
