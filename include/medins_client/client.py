@@ -52,6 +52,7 @@ from medins_client.errors import (
     TaskNotFound,
     TaskWaitTimeout,
 )
+from medins_client.files import MAX_REQUESTS
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +65,8 @@ STATUS_API_PATH = "/medins/api/v1"
 #: States a request never leaves: waiting for a request ends at one of them.
 FINAL_STATES = frozenset({"SUCCESS", "FAILURE", "REJECTED", "UNKNOWN", "CANCELLED"})
 
-BATCH_ID = re.compile(r"^[A-Za-z0-9_.:+@-]{1,64}$")
-"""What ``medins_batch`` accepts as a batch id."""
+BATCH_ID = re.compile(r"^[A-Za-z0-9_.:+@-]{1,64}(?![\s\S])")
+"""What ``medins_batch`` accepts as a batch id (ending in "no character follows": ``$`` lets a newline in)."""
 
 _STALE_TOKEN_DETAIL = "Invalid JWT token"
 _RUNS_KEPT = 10_000
@@ -196,10 +197,15 @@ class MedicalInsuranceClient:
                 f"requests must be a list of request objects, not {type(requests).__name__}: "
                 'e.g. [{"api_code": "1101", "org_code": "...", "data": {...}}]'
             )
+        requests = list(requests)
+        if len(requests) > MAX_REQUESTS:
+            raise InputError(
+                f"{len(requests):,} requests are more than the {MAX_REQUESTS:,} one batch takes: split them"
+            )
         batch_id = batch_id or new_batch_id()
         if not BATCH_ID.match(batch_id):
             raise InputError(f"batch id {batch_id!r} must be 1-64 letters, digits or _.:+@-")
-        conf: dict[str, Any] = {"requests": list(requests), "batch_id": batch_id}
+        conf: dict[str, Any] = {"requests": requests, "batch_id": batch_id}
         if chunk_size is not None:
             conf["chunk_size"] = chunk_size
         if concurrency is not None:
@@ -723,8 +729,24 @@ def _detail(body: Any) -> str:
                 else str(item)
                 for item in detail
             )
-        return str(detail)
+        return _schema_reason(str(detail))
     return str(body)[:500]
+
+
+def _schema_reason(detail: str, keep: int = 200) -> str:
+    """
+    Return the reason of a Params refusal without the copies of the schema and of the value.
+
+    Airflow passes on the JSON schema validator's whole text: the reason, which starts by quoting
+    the refused value (the whole list of requests when it was too long) and ends with why; then the
+    schema; then where in the value and the value again. Kept: the reason, cut in its middle when
+    long, and where (e.g. ``instance[3]['data']``, the fourth request's data).
+    """
+    reason, *more = detail.split("\n\n")
+    if len(reason) > 2 * keep + 5:
+        reason = f"{reason[:keep]} ... {reason[-keep:]}"
+    where = next((part.splitlines()[0][3:].rstrip(":") for part in more if part.startswith("On ")), "")
+    return f"{reason} (at {where})" if where and where != "instance" else reason
 
 
 def _shorten(err: BaseException) -> str:

@@ -27,9 +27,13 @@ MAX_REQUESTS = 50_000
 #: Most chunks one batch is split into: ``[core] max_map_length`` is 1024.
 MAX_CHUNKS = 1000
 REQUEST_FIELDS = frozenset({"api_code", "data", "org_code", "request_id", "insuplc_admdvs"})
-REQUEST_ID = re.compile(r"^[A-Za-z0-9_.:@-]{1,128}$")
-ADMDVS = re.compile(r"^\d{6}$")
-BATCH_ID = re.compile(r"^[A-Za-z0-9_.:+@-]{1,64}$")
+# The trigger form's JSON schema applies these patterns with ``re.search``, where ``$`` also matches
+# before a trailing newline: each ends with "no character follows" instead, which JavaScript reads
+# the same way. ``\d`` would take any Unicode digit, which the gateway refuses.
+REQUEST_ID = re.compile(r"^[A-Za-z0-9_.:@-]{1,128}(?![\s\S])")
+ADMDVS = re.compile(r"^[0-9]{6}(?![\s\S])")
+BATCH_ID = re.compile(r"^[A-Za-z0-9_.:+@-]{1,64}(?![\s\S])")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass
@@ -76,19 +80,32 @@ def plan_batch(
     :param institutions: The institutions the gateway Connection serves, by code.
     :param chunk_size: Requests per chunk; raised when the batch would need more than ``MAX_CHUNKS``.
     """
+    requests = list(requests)
     rows: list[RequestRow] = []
     seen_ids: dict[str, int] = {}
     valid: list[RequestRow] = []
     only_org = next(iter(institutions)) if len(institutions) == 1 else None
+    # The ids the caller chose; a request without one is named after the batch and its position,
+    # unless the caller chose that very name for another request.
+    chosen_ids = {
+        request.get("request_id")
+        for request in requests
+        if isinstance(request, Mapping) and isinstance(request.get("request_id"), str)
+    }
 
     for index, request in enumerate(requests):
-        reasons, request_id = _check_request(request, index, catalog, institutions, only_org, seen_ids)
+        unstorable: list[str] = []
+        request = _storable(request, "", unstorable)
+        reasons, request_id = _check_request(
+            request, index, catalog, institutions, only_org, seen_ids, batch_id
+        )
+        reasons.extend(unstorable)
         data = dict(request) if isinstance(request, Mapping) else {"raw": request}
         api_code = str(data.get("api_code", ""))[:8] or None
         org_code = data.get("org_code") or only_org
         interface = catalog.get(api_code or "")
         row = RequestRow(
-            task_id=request_id or f"{batch_id}-{index:06d}",
+            task_id=request_id or _generated_id(batch_id, index, chosen_ids),
             status=RequestState.REJECTED if reasons else RequestState.PENDING,
             data={"request": {**data, "org_code": org_code} if not reasons else data, "index": index},
             batch_id=batch_id,
@@ -128,6 +145,13 @@ def plan_batch(
     )
 
 
+def _generated_id(batch_id: str, index: int, chosen_ids: set[Any]) -> str:
+    """Return the task id of a request without a usable ``request_id``: never one the caller chose."""
+    task_id = f"{batch_id}-{index:06d}"
+    # A request_id never holds "+": this form cannot be taken by the caller nor by another request.
+    return task_id if task_id not in chosen_ids else f"{batch_id}+{index:06d}"
+
+
 def _check_request(
     request: Any,
     index: int,
@@ -135,6 +159,7 @@ def _check_request(
     institutions: Mapping[str, Any],
     only_org: str | None,
     seen_ids: dict[str, int],
+    batch_id: str,
 ) -> tuple[list[str], str | None]:
     """
     Return the reasons a request is invalid, and its usable ``request_id`` if it has one.
@@ -155,6 +180,9 @@ def _check_request(
         elif request_id in seen_ids:
             reasons.append(f"duplicate request_id {request_id} (first at request #{seen_ids[request_id]})")
             request_id = None
+        elif request_id == batch_id:
+            reasons.append(f"request_id {request_id} is the id of the batch itself; choose another")
+            request_id = None
         else:
             seen_ids[request_id] = index
 
@@ -167,6 +195,8 @@ def _check_request(
     interface = catalog.get(api_code) if isinstance(api_code, str) else None
     if api_code in (None, ""):
         reasons.append("api_code is required")
+    elif not isinstance(api_code, str):
+        reasons.append(f"api_code must be a string, got {type(api_code).__name__}")
     elif interface is None:
         reasons.append(f"unknown interface {mask_text(repr(api_code))}: not in the interface catalog")
     elif interface.kind == SESSION:
@@ -177,6 +207,8 @@ def _check_request(
     org_code = request.get("org_code") or only_org
     if not org_code:
         reasons.append("org_code is required: the gateway Connection serves several institutions")
+    elif not isinstance(org_code, str):
+        reasons.append(f"org_code must be a string, got {type(org_code).__name__}")
     elif org_code not in institutions:
         reasons.append(f"institution {mask_text(repr(org_code))} is not configured in the gateway Connection")
 
@@ -190,3 +222,39 @@ def _check_request(
     elif interface is not None and interface.kind != SESSION:
         reasons.extend(interface.validate(data))
     return reasons, request_id
+
+
+def _storable(value: Any, path: str, problems: list[str]) -> Any:
+    """
+    Return ``value`` as the status table can hold it, naming in ``problems`` each place it could not.
+
+    A lone surrogate (no valid Unicode, yet ``json.loads`` accepts it as a ``\\ud800`` escape) cannot
+    be written as UTF-8, and ``NaN`` or an infinity is no number MySQL's JSON column takes: one such
+    value would fail the bulk insert of the whole batch. It becomes U+FFFD or null, and the request is
+    rejected with the place named.
+    """
+    if isinstance(value, str):
+        if _SURROGATE.search(value):
+            problems.append(f"{_place(path)} holds text that is not valid Unicode (a lone surrogate)")
+            return _SURROGATE.sub("\ufffd", value)
+        return value
+    if isinstance(value, float) and not math.isfinite(value):
+        problems.append(f"{_place(path)} is {value}, which is not a JSON number")
+        return None
+    if isinstance(value, Mapping):
+        storable = {}
+        for key, item in value.items():
+            name = str(key)
+            if _SURROGATE.search(name):
+                problems.append(f"a field name in {_place(path)} is not valid Unicode (a lone surrogate)")
+                name = _SURROGATE.sub("\ufffd", name)
+            storable[name] = _storable(item, f"{path}.{name}" if path else name, problems)
+        return storable
+    if isinstance(value, list | tuple):
+        return [_storable(item, f"{path}[{number}]", problems) for number, item in enumerate(value)]
+    return value
+
+
+def _place(path: str) -> str:
+    """Name a place in a request for a reason: its field path, masked, or the request itself."""
+    return mask_text(path) if path else "the request"

@@ -22,9 +22,10 @@ DEFAULT_CATALOG_PATH = Path(__file__).resolve().parents[2] / "include" / "interf
 QUERY, WRITE, SESSION = "query", "write", "session"
 
 _FORMATS = {"date": "%Y-%m-%d", "datetime": "%Y-%m-%d %H:%M:%S"}
+# ASCII digits only: ``\d`` and ``strptime`` would also take full-width digits, which the gateway refuses.
 _PATTERNS = {
-    "date": re.compile(r"^\d{4}-\d{2}-\d{2}$"),
-    "datetime": re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$"),
+    "date": re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}"),
+    "datetime": re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}"),
 }
 
 
@@ -142,7 +143,7 @@ def _check_field(name: str, value: Any, rule: dict[str, Any]) -> str | None:
 
 
 def _valid_time(value: str, fmt: str) -> bool:
-    if not _PATTERNS[fmt].match(value):
+    if not _PATTERNS[fmt].fullmatch(value):
         return False
     try:
         datetime.strptime(value, _FORMATS[fmt])

@@ -6,7 +6,7 @@ from typing import Any
 
 from airflow.sdk import Param
 
-from medins.batch import MAX_REQUESTS, REQUEST_ID
+from medins.batch import ADMDVS, BATCH_ID, MAX_REQUESTS, REQUEST_ID
 
 _REQUEST_EXAMPLE = {
     "api_code": "1101",
@@ -54,7 +54,7 @@ def batch_params() -> dict[str, Param]:
         "batch_id": Param(
             None,
             type=["null", "string"],
-            pattern=r"^[A-Za-z0-9_.:+@-]{1,64}$",
+            pattern=BATCH_ID.pattern,
             title="Batch id",
             description="Optional name of the batch (1-64 letters, digits or _.:+@-); else the DAG run id.",
         ),
@@ -83,7 +83,7 @@ def call_params() -> dict[str, Param]:
     return {
         "api_code": Param(
             type="string",
-            pattern=r"^\d{4}$",
+            pattern=r"^[0-9]{4}(?![\s\S])",
             title="Interface",
             description=properties["api_code"]["description"],
             examples=["1101"],
@@ -110,7 +110,7 @@ def call_params() -> dict[str, Param]:
         "insuplc_admdvs": Param(
             None,
             type=["null", "string"],
-            pattern=r"^\d{6}$",
+            pattern=ADMDVS.pattern,
             title="Insurance area",
             description=properties["insuplc_admdvs"]["description"],
         ),

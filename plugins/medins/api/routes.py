@@ -241,14 +241,27 @@ def _time_range(
     created_from: datetime | None, created_to: datetime | None
 ) -> tuple[datetime | None, datetime | None]:
     """Read times without an offset as UTC; refuse (400) a range that ends before it starts."""
-    start = created_from.replace(tzinfo=UTC) if created_from and created_from.tzinfo is None else created_from
-    end = created_to.replace(tzinfo=UTC) if created_to and created_to.tzinfo is None else created_to
+    start, end = _utc("created_from", created_from), _utc("created_to", created_to)
     if start is not None and end is not None and start > end:
         raise HTTPException(
             HTTPStatus.BAD_REQUEST,
             f"created_from ({start.isoformat()}) is after created_to ({end.isoformat()}).",
         )
     return start, end
+
+
+def _utc(name: str, moment: datetime | None) -> datetime | None:
+    """Return a time in UTC (UTC when it has no offset); refuse (400) one that UTC cannot hold."""
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00:00+14:00 is in the year 0 in UTC
+        raise HTTPException(
+            HTTPStatus.BAD_REQUEST, f"{name}: {moment.isoformat()} is out of range in UTC."
+        ) from None
 
 
 def _not_a_task(task_id: str, row: RequestRow | None) -> str:
