@@ -97,6 +97,10 @@ CANCELLED_BY_REQUEST = "cancelled by request"
 _CANCELLABLE = (RequestState.PENDING.value, RequestState.RETRY.value)
 
 
+class BatchIdTaken(ValueError):
+    """A batch id that is already the ``task_id`` of a request: the batch's row would overwrite it."""
+
+
 @dataclass(slots=True)
 class RequestRow:
     """One row of the status table: a request, or a batch's own row (``kind`` ``batch``)."""
@@ -440,7 +444,8 @@ class StatusStore:
         """
         Insert or update the batch's own row: ``task_id`` and ``batch_id`` ``batch_id``, ``kind`` ``batch``.
 
-        Batch ids share the ``task_id`` namespace with requests: never give a request a batch's id.
+        Batch ids share the ``task_id`` namespace with requests: a batch id that is already a
+        request's id raises :class:`BatchIdTaken` and changes nothing.
 
         A cancelled batch stays ``CANCELLED``: a progress update or a retried registration racing
         with a cancel writes its data but never reopens the batch.
@@ -458,6 +463,13 @@ class StatusStore:
         )
 
         def work(cursor: Any) -> None:
+            cursor.execute(f"SELECT kind FROM {TABLE} WHERE task_id = {self._ph}", [batch_id])
+            found = cursor.fetchone()
+            if found is not None and found[0] != RequestKind.BATCH.value:
+                raise BatchIdTaken(
+                    f"batch id {batch_id!r} is the request_id of a request already stored: "
+                    "choose another batch id"
+                )
             self._upsert(cursor, [_params(row)], update=[c for c in _BATCH_COLUMNS if c != "status"])
             cursor.execute(
                 f"UPDATE {TABLE} SET status = {self._ph} WHERE task_id = {self._ph} AND kind = {self._ph} "

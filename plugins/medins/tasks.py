@@ -9,7 +9,7 @@ from typing import Any
 from medins.batch import batch_id_for, plan_batch
 from medins.hooks.gateway import MedicalInsuranceHook
 from medins.progress import refresh_progress
-from medins.states import BatchState
+from medins.states import BatchState, RequestKind
 from medins.store import StatusStore
 from medins.timeutil import now_cst
 
@@ -58,6 +58,14 @@ def register_batch(
     )
 
     with StatusStore.from_conn_id(status_conn_id) as store:
+        taken = store.get(batch_id)
+        if taken is not None and taken.kind != RequestKind.BATCH:
+            from airflow.sdk.exceptions import AirflowFailException
+
+            raise AirflowFailException(
+                f"batch id {batch_id!r} is the request_id of a request of batch {taken.batch_id}: "
+                "nothing was stored; submit again with another batch id"
+            )
         existing = store.get_batch(batch_id)
         if owner := _sent_by_another_run(existing, run_id, run_is_active):
             log.warning(

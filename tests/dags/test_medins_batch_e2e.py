@@ -219,3 +219,23 @@ def test_a_batch_id_another_run_is_sending_is_left_to_that_run(gateway, status_b
     else:  # the owner ended: this run resumes the batch with what it adds
         assert chunks and len(rows) == len(requests)
         assert batch.data["run_id"] == "run-b"
+
+
+def test_a_batch_id_that_is_already_a_request_id_is_refused_before_anything_is_stored(
+    gateway, status_backend
+):
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from medins.store import StatusStore
+    from medins.tasks import register_batch
+
+    first = sample_requests(3, f"taken-{status_backend}")
+    register_batch(first, run_id="run-1", dag_id="medins_batch", batch_id=f"taken-{status_backend}-batch")
+    taken = first[0]["request_id"]
+
+    with pytest.raises(AirflowFailException, match="submit again with another batch id"):
+        register_batch(sample_requests(2, "other"), run_id="run-2", dag_id="medins_batch", batch_id=taken)
+
+    with StatusStore.from_conn_id("medins_status_default") as store:
+        assert store.get(taken).kind != "batch" and store.get(taken).data["request"] == first[0]
+        assert store.rows(taken) == []

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from medins.states import FINAL, OPEN, BatchState, RequestKind, RequestState
-from medins.store import RequestRow, StatusStore, split_statements
+from medins.store import BatchIdTaken, RequestRow, StatusStore, split_statements
 from tests.conftest import MYSQL_SERVER, mariadb_connect
 
 CONN_ID = "medins_status_test"
@@ -496,6 +496,17 @@ class TestBatchRow:
         store.register(make_rows(1))
 
         assert store.get_batch("b1-000000") is None
+
+    def test_put_batch_refuses_a_batch_id_that_is_a_request_and_changes_nothing(
+        self, store: StatusStore
+    ) -> None:
+        store.register(make_rows(1))
+        before = store.get("b1-000000")
+
+        with pytest.raises(BatchIdTaken, match="choose another batch id"):
+            store.put_batch("b1-000000", BatchState.RUNNING, {"current": 0})
+
+        assert store.get("b1-000000") == before
 
     def test_put_batch_refuses_a_request_state(self, store: StatusStore) -> None:
         with pytest.raises(ValueError, match="unknown status 'PENDING'"):
