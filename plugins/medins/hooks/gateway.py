@@ -512,7 +512,15 @@ class MedicalInsuranceHook(BaseHook):
         envelope = self.build_envelope(
             interface, data, institution, msgid=msgid, sign_no=sign_no, insuplc_admdvs=insuplc_admdvs
         )
-        body = json.dumps(envelope, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        try:
+            body = json.dumps(envelope, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+        except (ValueError, UnicodeEncodeError) as err:  # NaN, infinities, lone surrogates: not JSON text
+            return CallOutcome(
+                OutcomeKind.REFUSED,
+                interface.code,
+                msgid,
+                err_msg=f"input cannot be sent as JSON ({type(err).__name__}); not sent",
+            )
         headers = self.sign_headers(body)
         unsure = OutcomeKind.UNKNOWN if interface.is_write else OutcomeKind.TRANSIENT
         started = time.perf_counter()

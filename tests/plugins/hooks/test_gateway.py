@@ -75,6 +75,17 @@ class TestEnvelope:
         assert MSGID.match(outcome.msgid)
         assert any(m["msgid"] == outcome.msgid for m in sandbox.messages()["messages"])
 
+    @pytest.mark.parametrize(
+        "value", [float("nan"), float("inf"), "\ud800"], ids=["nan", "infinity", "surrogate"]
+    )
+    def test_input_that_is_not_json_text_is_refused_without_sending(self, hook, sandbox, value):
+        received = sandbox.stats()["received"]
+
+        outcome = hook.call("5301", {"psn_no": value}, org_code="H44010600001")
+
+        assert outcome.kind is OutcomeKind.REFUSED and "cannot be sent as JSON" in outcome.err_msg
+        assert sandbox.stats()["received"] == received + 1  # the sign-in only
+
     def test_input_sits_under_the_catalog_key(self, hook):
         envelope = hook.build_envelope(
             hook.catalog["1201"], {"fixmedins_type": "1"}, hook.institution(ORG), msgid="m"
