@@ -165,6 +165,7 @@ def run_is_active(ti: Any) -> RunIsActive | None:
         return None
 
     def check(dag_id: str, run_id: str) -> bool:
-        return str(ti.get_dagrun_state(dag_id=dag_id, run_id=run_id)) in ("queued", "running")
+        state = ti.get_dagrun_state(dag_id=dag_id, run_id=run_id)
+        return getattr(state, "value", state) in ("queued", "running")  # the Task SDK's enum, or a str
 
     return check

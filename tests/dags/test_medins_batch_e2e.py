@@ -239,3 +239,20 @@ def test_a_batch_id_that_is_already_a_request_id_is_refused_before_anything_is_s
     with StatusStore.from_conn_id("medins_status_default") as store:
         assert store.get(taken).kind != "batch" and store.get(taken).data["request"] == first[0]
         assert store.rows(taken) == []
+
+
+@pytest.mark.parametrize(
+    ("state", "active"), [("RUNNING", True), ("QUEUED", True), ("SUCCESS", False), ("FAILED", False)]
+)
+def test_run_is_active_reads_the_task_sdk_dag_run_state(state, active):
+    from airflow.sdk.api.datamodels._generated import DagRunState
+
+    from medins.tasks import run_is_active
+
+    class TaskInstance:  # answers as RuntimeTaskInstance.get_dagrun_state does: the Task SDK's enum
+        @staticmethod
+        def get_dagrun_state(dag_id: str, run_id: str) -> DagRunState:
+            return DagRunState[state]
+
+    assert run_is_active(TaskInstance())("medins_batch", "run-a") is active
+    assert run_is_active(None) is None

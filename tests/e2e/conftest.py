@@ -48,3 +48,19 @@ def api(password) -> requests.Session:
     session = requests.Session()
     session.headers["Authorization"] = f"Bearer {reply.json()['access_token']}"
     return session
+
+
+#: Lines of the fault matrix's report (tests/e2e/test_fault_matrix.py), one per scenario run.
+FAULT_REPORT: list[str] = []
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Print the fault matrix's report, and keep it beside the native topology's logs."""
+    if not FAULT_REPORT:
+        return
+    terminalreporter.section("fault matrix")
+    for line in FAULT_REPORT:
+        terminalreporter.write_line(line)
+    path = ROOT / ".airflow-cluster/fault-matrix.txt"
+    path.write_text("\n".join(FAULT_REPORT) + "\n", encoding="utf-8")
+    terminalreporter.write_line(f"(written to {path})")
