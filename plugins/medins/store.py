@@ -294,7 +294,7 @@ class StatusStore:
         err = state.outcome.exception() if state.outcome else None
         if self.dialect == "mysql" and _mysql_code(err) == _MYSQL_DEADLOCK:
             return state.attempt_number >= _DEADLOCK_TRIES
-        if _is_outage(err):
+        if is_outage(err):
             return state.seconds_since_start >= self.outage_seconds
         return True
 
@@ -1113,7 +1113,7 @@ def _mysql_code(err: BaseException | None) -> int | None:
     return code if isinstance(code, int) else None
 
 
-def _is_outage(err: BaseException | None) -> bool:
+def is_outage(err: BaseException | None) -> bool:
     """Tell whether ``err`` says the database could not be reached or the connection broke."""
     if err is None or not type(err).__module__.startswith("MySQLdb"):
         return False

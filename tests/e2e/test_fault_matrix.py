@@ -323,7 +323,11 @@ def test_mariadb_unreachable_for_30_seconds(api, store, sandbox):
         until_sending(store, run_id, final_at_least=300)
         subprocess.run(["mariadb-admin", "--host=127.0.0.1", "--user=root", "shutdown"], check=True)
         down_at = time.monotonic()
-        time.sleep(30)
+        # The status API answers 503 with a reason while the table cannot be reached.
+        reply = api.get(f"{API}/medins/api/v1/batches/{run_id}", timeout=30)
+        assert reply.status_code == 503 and "cannot be reached" in reply.json()["detail"], reply.text
+        assert reply.headers["Retry-After"] == "30"
+        time.sleep(max(0.0, 30 - (time.monotonic() - down_at)))
         subprocess.run(["bash", str(SERVICES), "mariadb"], check=True)
         return f"MariaDB down {time.monotonic() - down_at:.0f} s"
 

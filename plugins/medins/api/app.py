@@ -1,14 +1,19 @@
-"""The status API's FastAPI app: the routes under ``/api/v1``, and 400 for bad parameters."""
+"""The status API's FastAPI app: the routes under ``/api/v1``, 400 for bad parameters, 503 in a DB outage."""
 
 from __future__ import annotations
 
+import logging
 from http import HTTPStatus
 
+import MySQLdb
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from medins.api.routes import router
+from medins.store import is_outage
+
+log = logging.getLogger(__name__)
 
 API_PREFIX = "/api/v1"
 
@@ -24,6 +29,21 @@ async def _bad_parameters(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(status_code=HTTPStatus.BAD_REQUEST, content={"detail": "; ".join(reasons)})
 
 
+async def _store_error(request: Request, exc: Exception) -> JSONResponse:
+    """Answer 503 while the status database cannot be reached, 500 for any other database error."""
+    if is_outage(exc):
+        return JSONResponse(
+            status_code=HTTPStatus.SERVICE_UNAVAILABLE,
+            headers={"Retry-After": "30"},
+            content={"detail": "The status store (async_task_status) cannot be reached; try again shortly."},
+        )
+    log.error("Status store error on %s: %s", request.url.path, type(exc).__name__)
+    return JSONResponse(
+        status_code=HTTPStatus.INTERNAL_SERVER_ERROR,
+        content={"detail": "The status store failed; see the api-server's log."},
+    )
+
+
 def create_app() -> FastAPI:
     """Return the status API's app; Airflow's api-server mounts it under ``/medins``."""
     app = FastAPI(
@@ -32,6 +52,8 @@ def create_app() -> FastAPI:
         version="1",
     )
     app.add_exception_handler(RequestValidationError, _bad_parameters)
+    for error in (MySQLdb.OperationalError, MySQLdb.InterfaceError):
+        app.add_exception_handler(error, _store_error)
     app.include_router(router, prefix=API_PREFIX)
     return app
 

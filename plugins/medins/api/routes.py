@@ -28,6 +28,7 @@ from medins.store import RequestRow, StatusStore
 log = logging.getLogger(__name__)
 
 STATUS_CONN_ID = StatusStore.default_conn_name
+API_OUTAGE_SECONDS = 5.0
 """Connection of the status store the API reads and writes."""
 
 MAX_PAGE_SIZE = 500
@@ -194,8 +195,13 @@ def cancel_task(task_id: str, user: Editor) -> Any:
 
 
 def _open_store() -> StatusStore:
-    """Return a new store on the API's Connection; use it in a ``with`` block so it is closed."""
-    return StatusStore.from_conn_id(STATUS_CONN_ID)
+    """
+    Return a new store on the API's Connection; use it in a ``with`` block so it is closed.
+
+    A caller is not kept waiting through a database outage: after a few seconds of reconnecting the
+    store gives up, and the app answers 503.
+    """
+    return StatusStore.from_conn_id(STATUS_CONN_ID, outage_seconds=API_OUTAGE_SECONDS)
 
 
 @cache
