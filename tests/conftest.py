@@ -206,3 +206,8 @@ def mariadb_connect(database: str, **kwargs):
     )
     conn.cursor().execute("SET time_zone = '+00:00'")
     return conn
+
+
+def pytest_collection_modifyitems(config, items):
+    """Run the ``personal_data_scan`` tests last: they scan what every other test of the session left."""
+    items.sort(key=lambda item: item.get_closest_marker("personal_data_scan") is not None)

@@ -58,6 +58,7 @@ from pathlib import Path
 from typing import Any
 
 from medins.hooks.gateway import MedicalInsuranceHook, OutcomeKind
+from medins.masking import mask_text
 from medins.states import RequestState
 from medins.store import RequestRow, StatusStore
 from medins.timeutil import SHANGHAI, inf_time, now_cst
@@ -448,6 +449,8 @@ def _resolve(hook: MedicalInsuranceHook, row: RequestRow, *, reverse_unresolved:
         insuplc_admdvs=request.get("insuplc_admdvs"),
     )
     notes.append(_note(found))
+    # A gateway may quote the request it refuses: its personal values are masked wherever they appear.
+    found_reason = mask_text(found.reason, data)
     if found.kind is OutcomeKind.SUCCESS and (found.output or {}).get("setlinfo"):
         setlinfo = found.output["setlinfo"]
         row.status = RequestState.SUCCESS
@@ -459,13 +462,13 @@ def _resolve(hook: MedicalInsuranceHook, row: RequestRow, *, reverse_unresolved:
         log.info("Settlement %s was applied: resolved to SUCCESS by 5203", row.task_id)
         return "found"
     if found.kind is not OutcomeKind.REFUSED:
-        log.warning("5203 for %s did not answer (%s); it stays UNKNOWN", row.task_id, found.reason)
+        log.warning("5203 for %s did not answer (%s); it stays UNKNOWN", row.task_id, found_reason)
         return "not_reached"
 
     if not reverse_unresolved:
         row.error = _clip_note(
             row.error,
-            f"5203 (msgid {found.msgid}) found no settlement ({found.reason}); left UNKNOWN: reverse it "
+            f"5203 (msgid {found.msgid}) found no settlement ({found_reason}); left UNKNOWN: reverse it "
             "with 2601 (run medins_nightly with reverse_unresolved) or by hand",
         )
         log.info("Settlement %s not found by 5203: left UNKNOWN", row.task_id)
@@ -478,11 +481,12 @@ def _resolve(hook: MedicalInsuranceHook, row: RequestRow, *, reverse_unresolved:
         insuplc_admdvs=request.get("insuplc_admdvs"),
     )
     notes.append(_note(reversal))
+    reversal_reason = mask_text(reversal.reason, data)
     if reversal.kind is OutcomeKind.SUCCESS:
         row.status = RequestState.FAILURE
         row.error = (
             f"not found by 5203, reversed by 2601 (msgid {reversal.msgid}"
-            + (f", {reversal.warn_msg}" if reversal.warn_msg else "")
+            + (f", {mask_text(reversal.warn_msg, data)}" if reversal.warn_msg else "")
             + "): the settlement does not stand; settle the visit again as a new request if it is still due"
         )
         log.info("Settlement %s not found by 5203: reversed with 2601, now FAILURE", row.task_id)
@@ -490,11 +494,11 @@ def _resolve(hook: MedicalInsuranceHook, row: RequestRow, *, reverse_unresolved:
     if reversal.kind is OutcomeKind.REFUSED:
         row.error = _clip_note(
             row.error,
-            f"5203 found no settlement and 2601 was refused ({reversal.reason}): resolve it by hand",
+            f"5203 found no settlement and 2601 was refused ({reversal_reason}): resolve it by hand",
         )
-        log.warning("2601 for %s was refused (%s): it stays UNKNOWN", row.task_id, reversal.reason)
+        log.warning("2601 for %s was refused (%s): it stays UNKNOWN", row.task_id, reversal_reason)
         return "left_unknown"
-    log.warning("2601 for %s did not answer (%s); it stays UNKNOWN", row.task_id, reversal.reason)
+    log.warning("2601 for %s did not answer (%s); it stays UNKNOWN", row.task_id, reversal_reason)
     return "not_reached"
 
 

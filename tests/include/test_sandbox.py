@@ -1011,3 +1011,84 @@ def _wait_for(condition, timeout: float = 5) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition not met in time"
         time.sleep(0.01)
+
+
+# -- signed gateway: whatever is refused at the door is not processed ----------------------------
+
+
+def control_stats(client: Client) -> dict[str, Any]:
+    """Return ``GET /_sandbox/stats``."""
+    return client.control("GET", "stats").json()
+
+
+def without(name: str):
+    return lambda body: {key: value for key, value in sign(body).items() if key != name}
+
+
+class TestRefusedSignaturesProcessNothing:
+    """Each way of getting the signed headers wrong is refused with 401 and why, and nothing is applied."""
+
+    @pytest.mark.parametrize(
+        ("make_headers", "reason"),
+        [
+            (lambda body: {}, "缺少请求头 X-Medins-App-Id"),
+            (without("X-Medins-App-Id"), "缺少请求头 X-Medins-App-Id"),
+            (without("X-Medins-Timestamp"), "缺少请求头 X-Medins-Timestamp"),
+            (without("X-Medins-Nonce"), "缺少请求头 X-Medins-Nonce"),
+            (without("X-Medins-Signature"), "缺少请求头 X-Medins-Signature"),
+            (lambda body: {**sign(body), "X-Medins-Signature": "0" * 64}, "X-Medins-Signature 不正确"),
+            (lambda body: sign(body, secret="not-" + APP_SECRET), "X-Medins-Signature 不正确"),
+            (lambda body: sign(body, timestamp=str(int(time.time() * 1000) - 301_000)), "相差超过300秒"),
+            (lambda body: sign(body, timestamp=str(int(time.time() * 1000) + 301_000)), "相差超过300秒"),
+        ],
+        ids=["no-headers", "no-app-id", "no-timestamp", "no-nonce", "no-signature", "wrong-signature",
+             "wrong-secret", "stale", "from-the-future"],
+    )  # fmt: skip
+    def test_a_bad_signature_is_refused_with_401_and_the_settlement_is_not_applied(
+        self, signed, make_headers, reason
+    ):
+        signed.sign_in()
+        envelope = signed.envelope("2207", settlement_input("MDT-SIGNED"))
+        body = json.dumps(envelope).encode()
+
+        response = signed.post(body, headers=make_headers(body))
+
+        assert response.status_code == 401
+        assert refused(response.json(), "签名校验失败") and reason in response.json()["err_msg"]
+        stats = control_stats(signed)
+        assert stats["by_outcome"] == {"ok": 1, "unsigned": 1}  # the sign-in, and this message
+        assert stats["double_settlements"] == 0
+        assert signed.call("2207", settlement_input("MDT-SIGNED"))["infcode"] == 0  # not settled before
+
+    def test_a_body_changed_after_signing_is_refused_and_not_applied(self, signed):
+        signed.sign_in()
+        envelope = signed.envelope("2207", settlement_input("MDT-CHANGED", amount=128.5))
+        headers = sign(json.dumps(envelope).encode())
+        changed = json.dumps({**envelope, "input": {"data": settlement_input("MDT-CHANGED", amount=1.5)}})
+
+        response = signed.post(changed.encode(), headers=headers)
+
+        assert response.status_code == 401
+        assert refused(response.json(), "签名校验失败: X-Medins-Signature 不正确")
+        assert control_stats(signed)["by_outcome"] == {"ok": 1, "unsigned": 1}
+        assert signed.call("2207", settlement_input("MDT-CHANGED"))["infcode"] == 0
+
+    def test_a_replayed_message_is_refused_and_applied_once(self, signed):
+        signed.sign_in()
+        envelope = signed.envelope("2207", settlement_input("MDT-REPLAY"))
+        body = json.dumps(envelope).encode()
+        headers = sign(body)
+
+        first = signed.post(body, headers=headers)
+        again = signed.post(body, headers=headers)
+        other = json.dumps(signed.envelope("5301", SAMPLES["5301"])).encode()  # another message, same nonce
+        reused = signed.post(other, headers=sign(other, nonce=headers["X-Medins-Nonce"]))
+
+        assert first.status_code == 200 and first.json()["infcode"] == 0
+        for response in (again, reused):
+            assert response.status_code == 401
+            assert refused(response.json(), "签名校验失败: X-Medins-Nonce 已使用过")
+        assert control_stats(signed)["by_outcome"] == {"ok": 2, "unsigned": 2}
+        assert outcomes(signed.server, envelope["msgid"]) == ["ok", "unsigned"]
+        settled = [s for s in signed.server.state.settlements.values() if s.mdtrt_id == "MDT-REPLAY"]
+        assert len(settled) == 1
