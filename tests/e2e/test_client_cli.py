@@ -167,7 +167,7 @@ class TestSubmitting:
         ("submit", "reason"),
         [
             (lambda c: c.call_batch_async([]), "should be non-empty"),
-            (lambda c: c.call_async("11", {"psn_no": PSN_NO}), "'11' does not match"),
+            (lambda c: c.call_async("11", {"psn_no": PSN_NO}), "api_code does not match"),
             (
                 lambda c: c.call_batch_async(sample_requests(unique("r"), {"5301": 1}), chunk_size=0),
                 "chunk_size",
@@ -415,7 +415,12 @@ class TestCommandLine:
                 f"is {API}/nowhere an Airflow 3 api-server?",
             ),
             (["submit", "batch.csv", "--batch-id", "a b"], {}, 2, "batch id 'a b' must be 1-64 letters"),
-            (["submit", "batch.csv", "--chunk-size", "99999"], {}, 1, "99999 is greater than the maximum"),
+            (
+                ["submit", "batch.csv", "--chunk-size", "99999"],
+                {},
+                1,
+                "chunk_size is greater than the maximum of 5000",
+            ),
             (["submit", "missing.csv"], {}, 2, "missing.csv does not exist"),
         ],
         ids=[

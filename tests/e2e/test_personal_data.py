@@ -160,10 +160,6 @@ def test_no_error_text_of_the_status_table_holds_personal_data(demo, rows, scann
     assert findings == [], "\n".join(map(str, findings[:50]))
 
 
-# TODO: drop the mark once plugins/medins_plugin.py rewrites the detail of a refused trigger's reply with
-# medins.masking.mask_refusal (a root middleware): Airflow's 400 quotes jsonschema's whole message, and
-# FastAPI's 422 the input it refused.
-@pytest.mark.xfail(strict=True, reason="Airflow's 400 and 422 replies quote the value they refuse")
 def test_a_refused_trigger_does_not_quote_personal_data(demo, scanner):
     findings = [finding for reply in demo["refused"] for finding in scanner.scan("trigger reply", reply.text)]
 
