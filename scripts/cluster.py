@@ -163,7 +163,10 @@ def prepare(env: dict[str, str]) -> None:
     conn_file = HOME / "connections.json"
     conn_file.write_text(json.dumps(connections(), ensure_ascii=False))
     conn_file.chmod(0o600)
-    run_airflow(env, "connections", "import", "--overwrite", str(conn_file))
+    try:
+        run_airflow(env, "connections", "import", "--overwrite", str(conn_file))
+    finally:
+        conn_file.unlink()  # it holds the gateway secret in plain text: the Connections keep it
     sys.path.insert(0, str(ROOT / "plugins"))
     from medins.defaults import BATCH_POOL, BATCH_POOL_DESCRIPTION
 

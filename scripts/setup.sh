@@ -54,6 +54,7 @@ MEDINS_GATEWAY_SECRET="$(medins_secret sandbox)" python "$ROOT/scripts/connectio
 chmod 600 "$AIRFLOW_HOME/connections.json.tmp"
 mv "$AIRFLOW_HOME/connections.json.tmp" "$AIRFLOW_HOME/connections.json"
 airflow connections import --overwrite "$AIRFLOW_HOME/connections.json" >/dev/null
+rm -f "$AIRFLOW_HOME/connections.json"  # it holds the gateway secret in plain text: the Connections keep it
 python -m medins.admin init-store
 airflow pools set medins_batch "${MEDINS_BATCH_POOL_SLOTS:-4}" \
   "Chunks of medical-insurance batches running at once; match the medical_batch workers' slots" >/dev/null

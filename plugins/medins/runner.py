@@ -26,6 +26,7 @@ from typing import Any
 
 from medins.catalog import WRITE
 from medins.hooks.gateway import CallOutcome, MedicalInsuranceHook, OutcomeKind
+from medins.masking import mask_text
 from medins.states import OPEN, BatchState, RequestState
 from medins.store import RequestRow, StatusStore
 
@@ -282,10 +283,13 @@ class ChunkRunner:
         msgids = row.data.setdefault("msgids", [])
         msgids.append(outcome.msgid)
         row.data["elapsed_ms"] = outcome.elapsed_ms
+        # A gateway's message may quote the request it answers (人员张三不存在): mask the request's values.
+        known = job.request.get("data")
+        reason = mask_text(outcome.reason, known)
 
         if outcome.kind is OutcomeKind.TRANSIENT:
             report.transient_errors += 1
-            job.last_reason = outcome.reason
+            job.last_reason = reason
             if job.tries < self.query_attempts:
                 delay = min(self.backoff_max, self.backoff_base * 2 ** (job.tries - 1))
                 delay *= random.uniform(0.5, 1.0)
@@ -295,7 +299,7 @@ class ChunkRunner:
                     self.query_attempts,
                     "transient error",
                     row.task_id,
-                    outcome.reason,
+                    reason,
                     delay,
                 )
                 heapq.heappush(waiting, (now + delay, id(job), job))
@@ -305,20 +309,20 @@ class ChunkRunner:
         row.data["infcode"] = outcome.infcode
         row.data["inf_refmsgid"] = outcome.inf_refmsgid
         if outcome.warn_msg:
-            row.data["warn_msg"] = outcome.warn_msg
+            row.data["warn_msg"] = mask_text(outcome.warn_msg, known)
         if outcome.kind is OutcomeKind.SUCCESS:
             row.status = RequestState.SUCCESS
             row.data["output"] = outcome.output
             row.error = None
         elif outcome.kind is OutcomeKind.REFUSED:
             row.status = RequestState.FAILURE
-            row.data["err_msg"] = outcome.err_msg
-            row.error = outcome.reason
+            row.data["err_msg"] = mask_text(outcome.err_msg, known)
+            row.error = reason
         else:
             row.status = RequestState.UNKNOWN
-            row.data["err_msg"] = outcome.err_msg
+            row.data["err_msg"] = mask_text(outcome.err_msg, known)
             row.error = (
-                f"{outcome.reason}; the write may have been applied: resolve it with a query "
+                f"{reason}; the write may have been applied: resolve it with a query "
                 "(5203 for a settlement) or reverse it with 2601, never send it again"
             )
         report.states[row.status] += 1

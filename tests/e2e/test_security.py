@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import time
 import uuid
 from collections.abc import Callable
@@ -22,7 +23,7 @@ import pytest
 import requests
 
 from tests.conftest import ROOT
-from tests.e2e.conftest import API
+from tests.e2e.conftest import API, CLUSTER
 from tests.e2e.test_distributed import SANDBOX
 from tests.e2e.test_status_api import STATUS_API, mariadb
 
@@ -200,14 +201,38 @@ def test_every_status_route_refuses_a_call_without_a_valid_token_and_changes_not
 # -- the topology's gateway ----------------------------------------------------------------------
 
 
+def topology_connection(conn_id: str) -> dict:
+    """Read a Connection of the native topology as Airflow holds it (its metadata DB), secrets included."""
+    import shlex
+    import subprocess
+
+    exports = subprocess.run([*CLUSTER, "env"], capture_output=True, text=True, check=True).stdout
+    env = dict(os.environ)
+    for line in exports.splitlines():
+        name, _, value = line.removeprefix("export ").partition("=")
+        env[name] = shlex.split(value)[0] if value else ""
+    shown = subprocess.run(
+        ["airflow", "connections", "get", conn_id, "--output", "json"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    from airflow.models.connection import Connection
+
+    conn = Connection(conn_id=conn_id, uri=json.loads(shown.stdout)[0]["get_uri"])
+    fields = ("conn_type", "host", "schema", "port", "login", "password")
+    return {**{name: getattr(conn, name) for name in fields}, "extra": conn.extra_dejson}
+
+
 @pytest.fixture
 def topology_hook(cluster, monkeypatch, tmp_path):
     """Build hooks on the topology's gateway Connection (without its Redis), with its secret or another."""
     from medins.hooks.gateway import MedicalInsuranceHook
     from medins.sequence import FileMsgIdSequence
 
-    gateway = json.loads((HOME / "connections.json").read_text(encoding="utf-8"))["medins_gateway_default"]
-    extra = json.loads(gateway["extra"])
+    gateway = topology_connection("medins_gateway_default")
+    extra = gateway["extra"]
     extra.pop("redis_conn_id", None)
     hooks = []
 
