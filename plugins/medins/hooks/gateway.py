@@ -432,10 +432,14 @@ class MedicalInsuranceHook(BaseHook):
         :param data: The interface's input (what goes under its ``input_key``).
         :param org_code: Institution code; the Connection's only institution when omitted.
         :param insuplc_admdvs: Insurance area of the person, when not the institution's default.
-        :param msgid: The ``msgid`` to send with, when the caller recorded it beforehand.
+        :param msgid: The ``msgid`` to send with, when the caller recorded it beforehand. Such a caller
+            gets ``TRANSIENT`` when the gateway refused the sign-in before processing (the hook signs
+            in again), and sends again under a new msgid it records; without one, the hook sends once
+            more itself.
         """
         interface = self.catalog[api_code]
         institution = self.institution(org_code)
+        recorded = msgid is not None
         msgid = msgid or self.new_msgid(institution.fixmedins_code)
         if interface.kind == SESSION:
             return self._send(interface, data, institution, msgid=msgid, insuplc_admdvs=insuplc_admdvs)
@@ -455,9 +459,16 @@ class MedicalInsuranceHook(BaseHook):
                 sign_no = self.sign_in(institution)
             except GatewayError as err:
                 return CallOutcome(OutcomeKind.TRANSIENT, api_code, msgid, err_msg=str(err))
-            # TODO: record this resend's msgid on the row before sending once the runner claims through
-            # the hook; until then a worker that dies in this resend leaves a write whose row names
-            # the refused msgid, and a 2601 reversal by that msgid finds nothing to reverse.
+            if recorded:
+                # The caller records every msgid before it leaves: it sends again, under a msgid it records.
+                return CallOutcome(
+                    OutcomeKind.TRANSIENT,
+                    api_code,
+                    msgid,
+                    infcode=outcome.infcode,
+                    err_msg=f"{SIGN_IN_EXPIRED}: signed in again; not processed, safe to send again",
+                    elapsed_ms=outcome.elapsed_ms,
+                )
             outcome = self._send(
                 interface,
                 data,

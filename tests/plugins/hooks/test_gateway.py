@@ -155,6 +155,21 @@ class TestSignIn:
         assert outcome.kind is OutcomeKind.SUCCESS, outcome.reason
         assert sandbox.stats()["by_infno"].get("9001") == 1
 
+    def test_expired_sign_in_under_a_recorded_msgid_is_left_to_the_caller_to_send_again(self, hook, sandbox):
+        assert hook.call("5301", {"psn_no": "44010000000000000002"}, org_code=ORG).kind is OutcomeKind.SUCCESS
+        sandbox.reset()
+        recorded = hook.new_msgid(ORG)
+
+        refused = hook.call("5301", {"psn_no": "44010000000000000002"}, org_code=ORG, msgid=recorded)
+        again = hook.call("5301", {"psn_no": "44010000000000000002"}, org_code=ORG, msgid=hook.new_msgid(ORG))
+
+        assert refused.kind is OutcomeKind.TRANSIENT and refused.msgid == recorded
+        assert "签到信息无效" in refused.reason and "safe to send again" in refused.reason
+        assert again.kind is OutcomeKind.SUCCESS
+        sent = {m["msgid"] for m in sandbox.messages()["messages"] if m["infno"] == "5301"}
+        assert sent == {recorded, again.msgid}  # nothing left under a msgid the caller did not record
+        assert sandbox.stats()["by_infno"].get("9001") == 1
+
     def test_connection_test_signs_in(self, hook):
         ok, message = hook.test_connection()
 
