@@ -1,18 +1,22 @@
 #!/usr/bin/env bash
 # Set up everything the embedded default needs; safe to run again (it only redoes what changed).
 #   --no-airflow-home   stop after the venv (the tests make their own Airflow home)
+#   --with-browser      also install Debian's Chromium and a CJK font (the batches page's test)
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
 with_home=1
-[ "${1:-}" = "--no-airflow-home" ] && with_home=0
+for arg in "$@"; do [ "$arg" = "--no-airflow-home" ] && with_home=0; done
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 
 # 1. Debian packages: mysqlclient builds against libmysqlclient with pkg-config; docker-compose
-#    validates the compose file (it needs no engine for that).
+#    validates the compose file (it needs no engine for that). For the tests (--with-browser), Debian's
+#    Chromium, which Playwright drives in the batches page's test, and a CJK font for its Chinese text.
+packages=(default-libmysqlclient-dev pkg-config gcc docker-compose)
+for arg in "$@"; do [ "$arg" = "--with-browser" ] && packages+=(chromium fonts-wqy-microhei); done
 missing=()
-for pkg in default-libmysqlclient-dev pkg-config gcc docker-compose; do
+for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
 if [ "${#missing[@]}" -gt 0 ]; then

@@ -535,3 +535,128 @@ def test_cancel_of_a_running_batch_stops_it_and_keeps_what_was_sent(api):
     assert progress["status"] == "CANCELLED"
     assert progress["counts"] == dict(sorted(by_state.items()))
     assert progress["current"] == progress["total"] == 3000
+
+
+# -- the batches page's reads: batches listed, requests counted per interval -----------------------
+
+PAGE_ROUTES = ["/batches", "/statistics/timeline"]
+
+
+@pytest.mark.parametrize("path", PAGE_ROUTES)
+def test_the_batches_page_routes_refuse_a_call_without_a_token_with_401(cluster, path):
+    reply = requests.get(f"{STATUS_API}{path}", timeout=30)
+
+    assert reply.status_code == 401
+    assert reply.json() == {"detail": "Not authenticated"}
+
+
+def test_list_batches_pages_through_batch_rows_newest_first_with_counts_from_mariadb(api, batch):
+    ((created,),) = mariadb("SELECT created_at FROM async_task_status WHERE task_id = %s", batch["batch_id"])
+    expected = [
+        task_id
+        for (task_id,) in mariadb(
+            "SELECT task_id FROM async_task_status WHERE kind = 'batch' AND created_at <= %s "
+            "ORDER BY id DESC",
+            created,
+        )
+    ]
+
+    first = get(api, "/batches", created_to=utc_iso(created), page_size=3).json()
+    listed = []
+    for page in range(1, (len(expected) + 99) // 100 + 1):
+        listed += get(api, "/batches", created_to=utc_iso(created), page_size=100, page=page).json()["items"]
+
+    assert (first["total"], first["page"], first["page_size"], len(first["items"])) == (
+        len(expected),
+        1,
+        3,
+        min(3, len(expected)),
+    )
+    assert [item["batch_id"] for item in listed] == expected
+    ours = next(item for item in listed if item["batch_id"] == batch["batch_id"])
+    assert ours == get(api, f"/batches/{batch['batch_id']}").json()
+    assert ours["counts"] == db_counts("status", batch["batch_id"])
+    assert (ours["current"], ours["total"], ours["percentage"]) == (batch["size"], batch["size"], 100.0)
+    ((data,),) = mariadb("SELECT data FROM async_task_status WHERE task_id = %s", batch["batch_id"])
+    assert ours["chunks"] == json.loads(data)["chunks"] > 0
+
+
+@pytest.mark.parametrize(
+    ("params", "listed"),
+    [
+        ({"status": "DONE"}, True),
+        ({"status": ["RUNNING", "CANCELLED"]}, False),
+        ({"dag_id": "medins_batch"}, True),
+        ({"dag_id": ["medins_call", "medins_nightly"]}, False),
+        ({"dag_id": INJECTIONS[0]}, False),
+    ],
+    ids=["done", "running-or-cancelled", "dag", "other-dags", "sql-in-dag-id"],
+)
+def test_list_batches_filters_by_state_and_dag(api, batch, params, listed):
+    ((created,),) = mariadb("SELECT created_at FROM async_task_status WHERE task_id = %s", batch["batch_id"])
+    window = {"created_from": utc_iso(created), "created_to": utc_iso(created)}
+
+    reply = get(api, "/batches", page_size=100, **window, **params)
+
+    assert reply.status_code == 200, reply.text
+    ids = [item["batch_id"] for item in reply.json()["items"]]
+    assert (batch["batch_id"] in ids) is listed
+    assert reply.json()["total"] == len(ids)
+
+
+def test_timeline_of_a_batch_counts_each_minute_as_mariadb_does(api, batch):
+    first, last = created_range(batch["batch_id"])
+    expected: dict[str, dict[str, int]] = {}
+    for minute, state, count in mariadb(
+        "SELECT DATE_FORMAT(created_at, '%%Y-%%m-%%dT%%H:%%i:00Z'), status, COUNT(*) FROM async_task_status "
+        "WHERE batch_id = %s AND kind <> 'batch' GROUP BY 1, 2",
+        batch["batch_id"],
+    ):
+        expected.setdefault(minute, {})[state] = count
+
+    timeline = get(
+        api,
+        "/statistics/timeline",
+        interval="minute",
+        batch_id=batch["batch_id"],
+        created_from=utc_iso(first - timedelta(minutes=5)),
+        created_to=utc_iso(last + timedelta(minutes=5)),
+    ).json()
+
+    assert timeline["interval"] == "minute"
+    assert {bucket["start"]: bucket["by_status"] for bucket in timeline["buckets"]} == expected
+    assert [bucket["start"] for bucket in timeline["buckets"]] == sorted(expected)
+    for bucket in timeline["buckets"]:
+        by_status = bucket["by_status"]
+        final = sum(count for state, count in by_status.items() if state not in OPEN)
+        assert bucket["total"] == sum(by_status.values())
+        assert bucket["success_rate"] == pytest.approx(by_status.get("SUCCESS", 0) / final, abs=1e-4)
+    hourly = get(
+        api,
+        "/statistics/timeline",
+        batch_id=batch["batch_id"],
+        created_from=utc_iso(first - timedelta(hours=1)),
+    ).json()
+    assert sum(bucket["total"] for bucket in hourly["buckets"]) == batch["size"]
+    assert all(bucket["start"].endswith(":00:00Z") for bucket in hourly["buckets"])
+
+
+def test_timeline_reaches_back_24_hours_unless_told_and_refuses_ranges_too_long(api):
+    default = get(api, "/statistics/timeline", batch_id="no-such-batch").json()
+    start, end = (datetime.fromisoformat(default[name]) for name in ("created_from", "created_to"))
+    too_long = get(
+        api,
+        "/statistics/timeline",
+        interval="minute",
+        created_from="2026-12-01T00:00:00Z",
+        created_to="2026-12-02T00:00:00Z",
+    )
+    future = get(api, "/statistics/timeline", created_from=utc_iso(datetime(2999, 1, 1)))
+
+    assert (end - start, default["interval"], default["buckets"]) == (timedelta(hours=24), "hour", [])
+    assert too_long.status_code == 400
+    assert "spans more than 1000 minutes" in too_long.json()["detail"]
+    assert future.status_code == 400 and "in the future" in future.json()["detail"]
+    assert get(api, "/statistics/timeline", interval="day").status_code == 400
+    assert get(api, "/batches", status="PENDING").status_code == 400  # a request's state, not a batch's
+    assert get(api, "/batches", page_size=101).status_code == 400

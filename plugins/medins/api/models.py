@@ -57,9 +57,19 @@ class Batch(BaseModel):
     submitted: int | None
     rejected: int | None
     already_stored: int | None = Field(description="Requests whose request_id was in the table already.")
+    chunks: int | None = Field(None, description="Chunks registration planned, a send_chunk instance each.")
     created_at: datetime | None
     updated_at: datetime | None
     finished_at: datetime | None
+
+
+class BatchPage(BaseModel):
+    """One page of batches, newest first, each with its requests counted now."""
+
+    items: list[Batch]
+    total: int = Field(description="Batches matching the filters, on every page.")
+    page: int
+    page_size: int
 
 
 class Statistics(BaseModel):
@@ -73,6 +83,26 @@ class Statistics(BaseModel):
     )
     by_org_code: dict[str, dict[str, int]] = Field(
         description='Institution code -> state -> count; "" for requests without one (rejected).'
+    )
+
+
+class TimelineBucket(BaseModel):
+    """The requests created in one minute or hour, counted by state."""
+
+    start: datetime = Field(description="Start of the interval, UTC.")
+    total: int
+    success_rate: float = Field(description="SUCCESS among requests in a final state, 0 to 1.")
+    by_status: dict[str, int]
+
+
+class Timeline(BaseModel):
+    """Requests counted per interval of their created_at."""
+
+    interval: str = Field(description="minute or hour.")
+    created_from: datetime
+    created_to: datetime
+    buckets: list[TimelineBucket] = Field(
+        description="The intervals that hold requests, oldest first; intervals without any are left out."
     )
 
 

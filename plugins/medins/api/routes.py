@@ -9,7 +9,7 @@ Personal data is masked in every reply but a single request read with ``full=tru
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import cache
 from http import HTTPStatus
 from typing import Annotated, Any
@@ -18,11 +18,23 @@ from fastapi import APIRouter, Depends, HTTPException, Query
 from fastapi.responses import JSONResponse
 
 from medins.api.auth import can_edit_runs, can_read_runs
-from medins.api.models import Batch, BatchCancelled, Problem, Statistics, Task, TaskCancelled, TaskPage
+from medins.api.models import (
+    Batch,
+    BatchCancelled,
+    BatchPage,
+    Problem,
+    Statistics,
+    Task,
+    TaskCancelled,
+    TaskPage,
+    Timeline,
+    TimelineBucket,
+)
+from medins.api.reports import Interval, ReportStore
 from medins.catalog import load_catalog
 from medins.masking import DEFAULT_PERSONAL_FIELDS, mask_data, mask_text
 from medins.progress import progress_of
-from medins.states import FINAL, RequestKind, RequestState
+from medins.states import FINAL, BatchState, RequestKind, RequestState
 from medins.store import RequestRow, StatusStore
 
 log = logging.getLogger(__name__)
@@ -32,6 +44,11 @@ API_OUTAGE_SECONDS = 5.0
 """Connection of the status store the API reads and writes."""
 
 MAX_PAGE_SIZE = 500
+MAX_BATCH_PAGE_SIZE = 100
+MAX_BUCKETS = 1000
+"""Most intervals a timeline may span: 1000 minutes (about 16 hours) or 1000 hours (about 41 days)."""
+TIMELINE_SPAN = timedelta(hours=24)
+"""How far back a timeline reaches when it is given no start."""
 MAX_PAGE = 1_000_000
 """Highest page number: a bound, so an absurd page is a 400 rather than an offset the database refuses."""
 
@@ -99,6 +116,38 @@ def list_tasks(
     return TaskPage(items=[_task(row) for row in rows], total=total, page=page, page_size=page_size)
 
 
+@router.get("/batches", dependencies=[CanRead])
+def list_batches(
+    status: Annotated[
+        list[BatchState] | None, Query(description="Only batches in these states (repeatable).")
+    ] = None,
+    dag_id: Annotated[
+        list[str] | None,
+        Query(description="Only batches registered by runs of these DAGs (repeatable), e.g. medins_batch."),
+    ] = None,
+    created_from: CreatedFrom = None,
+    created_to: CreatedTo = None,
+    page: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 1,
+    page_size: Annotated[int, Query(ge=1, le=MAX_BATCH_PAGE_SIZE)] = 20,
+) -> BatchPage:
+    """Return one page of batches, newest first, each with its progress counted from its requests now."""
+    created_from, created_to = _time_range(created_from, created_to)
+
+    with _open_store() as store:
+        rows, total = store.list_batches(
+            status=status,
+            dag_id=dag_id,
+            created_from=created_from,
+            created_to=created_to,
+            offset=(page - 1) * page_size,
+            limit=page_size,
+        )
+        counts = store.counts_by_batch([row.task_id for row in rows])
+
+    items = [_batch(row, counts.get(row.task_id, {})) for row in rows]
+    return BatchPage(items=items, total=total, page=page, page_size=page_size)
+
+
 @router.get("/batches/{batch_id}", dependencies=[CanRead])
 def get_batch(batch_id: str) -> Batch:
     """Return a batch's progress, counted from its requests now, and what its registration recorded."""
@@ -108,20 +157,7 @@ def get_batch(batch_id: str) -> Batch:
 
     if batch is None:
         raise HTTPException(HTTPStatus.NOT_FOUND, f"No batch {batch_id!r} in the status table.")
-    info = batch.data
-    return Batch(
-        batch_id=batch.task_id,
-        status=batch.status,
-        **progress_of(counts),
-        dag_id=info.get("dag_id"),
-        run_id=info.get("run_id"),
-        submitted=info.get("submitted"),
-        rejected=info.get("rejected"),
-        already_stored=info.get("already_stored"),
-        created_at=batch.created_at,
-        updated_at=batch.updated_at,
-        finished_at=info.get("finished_at"),
-    )
+    return _batch(batch, counts)
 
 
 @router.get("/statistics", dependencies=[CanRead])
@@ -145,15 +181,63 @@ def get_statistics(
         )
 
     by_status = counts["by_status"]
-    final = sum(count for state, count in by_status.items() if state in FINAL)
-    success = by_status.get(RequestState.SUCCESS, 0)
     return Statistics(
         total=counts["total"],
-        success_rate=round(success / final, 4) if final else 0.0,
+        success_rate=_success_rate(by_status),
         by_status=by_status,
         by_api_code={code or "": states for code, states in counts["by_api_code"].items()},
         by_org_code={code or "": states for code, states in counts["by_org_code"].items()},
     )
+
+
+@router.get("/statistics/timeline", dependencies=[CanRead])
+def get_timeline(
+    interval: Annotated[Interval, Query(description="Count per minute or per hour, in UTC.")] = Interval.HOUR,
+    created_from: Annotated[
+        datetime | None,
+        Query(
+            description="Earliest created_at, inclusive (ISO 8601, UTC when it has no offset); "
+            "24 hours before created_to by default."
+        ),
+    ] = None,
+    created_to: Annotated[
+        datetime | None,
+        Query(
+            description="Latest created_at, inclusive (ISO 8601, UTC when it has no offset); now by default."
+        ),
+    ] = None,
+    api_code: ApiCode = None,
+    org_code: OrgCode = None,
+    batch_id: BatchId = None,
+) -> Timeline:
+    """Count requests by state per minute or hour of their created_at, with each interval's success rate."""
+    created_from, created_to = _time_range(created_from, created_to)
+    end = created_to or datetime.now(UTC).replace(microsecond=0)
+    start = created_from or end - TIMELINE_SPAN
+    if start > end:
+        raise HTTPException(HTTPStatus.BAD_REQUEST, f"created_from ({start.isoformat()}) is in the future.")
+    if end - start > interval.length * MAX_BUCKETS:
+        raise HTTPException(
+            HTTPStatus.BAD_REQUEST,
+            f"{start.isoformat()} to {end.isoformat()} spans more than {MAX_BUCKETS} {interval.value}s: "
+            "narrow the range, or count per hour.",
+        )
+
+    with _open_store() as store:
+        counted = store.timeline(
+            interval, start, end, api_code=api_code, org_code=org_code, batch_id=batch_id
+        )
+
+    buckets = [
+        TimelineBucket(
+            start=moment,
+            total=sum(by_status.values()),
+            success_rate=_success_rate(by_status),
+            by_status=by_status,
+        )
+        for moment, by_status in counted
+    ]
+    return Timeline(interval=interval.value, created_from=start, created_to=end, buckets=buckets)
 
 
 @router.post("/batches/{batch_id}/cancel")
@@ -194,14 +278,39 @@ def cancel_task(task_id: str, user: Editor) -> Any:
     return TaskCancelled(task_id=after.task_id, status=after.status)
 
 
-def _open_store() -> StatusStore:
+def _open_store() -> ReportStore:
     """
     Return a new store on the API's Connection; use it in a ``with`` block so it is closed.
 
     A caller is not kept waiting through a database outage: after a few seconds of reconnecting the
     store gives up, and the app answers 503.
     """
-    return StatusStore.from_conn_id(STATUS_CONN_ID, outage_seconds=API_OUTAGE_SECONDS)
+    return ReportStore.from_conn_id(STATUS_CONN_ID, outage_seconds=API_OUTAGE_SECONDS)
+
+
+def _batch(row: RequestRow, counts: dict[str, int]) -> Batch:
+    """Return a batch's own row, with its requests counted by state, as the API shows it."""
+    info = row.data
+    return Batch(
+        batch_id=row.task_id,
+        status=row.status,
+        **progress_of(counts),
+        dag_id=info.get("dag_id"),
+        run_id=info.get("run_id"),
+        submitted=info.get("submitted"),
+        rejected=info.get("rejected"),
+        already_stored=info.get("already_stored"),
+        chunks=info.get("chunks"),
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        finished_at=info.get("finished_at"),
+    )
+
+
+def _success_rate(by_status: dict[str, int]) -> float:
+    """Return SUCCESS over the requests in a final state, 0.0 when none is final."""
+    final = sum(count for state, count in by_status.items() if state in FINAL)
+    return round(by_status.get(RequestState.SUCCESS, 0) / final, 4) if final else 0.0
 
 
 @cache
