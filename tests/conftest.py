@@ -6,7 +6,9 @@ import json
 import os
 import secrets
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -133,24 +135,30 @@ def mariadb_database() -> Iterator[str]:
     import MySQLdb
 
     name = f"medins_test_{secrets.token_hex(4)}"
-    try:
-        admin = MySQLdb.connect(
+
+    def admin() -> Any:
+        return MySQLdb.connect(
             host=MYSQL_SERVER["host"],
             port=MYSQL_SERVER["port"],
             user=MYSQL_SERVER["user"],
             passwd=MYSQL_SERVER["password"],
         )
+
+    try:
+        conn = admin()
     except MySQLdb.OperationalError as err:
         pytest.fail(
             f"MariaDB is not reachable at {MYSQL_SERVER['host']}:{MYSQL_SERVER['port']} ({err}): start it; "
             "the MariaDB tests do not skip."
         )
-    admin.cursor().execute(f"CREATE DATABASE {name} CHARACTER SET latin1 COLLATE latin1_swedish_ci")
+    with closing(conn):
+        conn.cursor().execute(f"CREATE DATABASE {name} CHARACTER SET latin1 COLLATE latin1_swedish_ci")
     try:
         yield name
     finally:
-        admin.cursor().execute(f"DROP DATABASE IF EXISTS {name}")
-        admin.close()
+        # A fresh connection: the fault matrix restarts MariaDB, which ends any connection held this long.
+        with closing(admin()) as conn:
+            conn.cursor().execute(f"DROP DATABASE IF EXISTS {name}")
 
 
 @pytest.fixture
