@@ -233,6 +233,14 @@ def visit_history(psn_no: str) -> list[dict[str, Any]]:
     return visits
 
 
+def years_later(day: date, years: int) -> date:
+    """Return the same day ``years`` later; 29 February becomes 28 February in a common year."""
+    try:
+        return day.replace(year=day.year + years)
+    except ValueError:
+        return day.replace(year=day.year + years, day=28)
+
+
 def chronic_filings(psn_no: str) -> list[dict[str, Any]]:
     """Return a person's chronic or special disease filings (the ``5301`` ``feedetail`` shape)."""
     filings = []
@@ -245,7 +253,7 @@ def chronic_filings(psn_no: str) -> list[dict[str, Any]]:
                 "opsp_dise_code": code,
                 "opsp_dise_name": name,
                 "begndate": f"{begin:{DATE_FMT}}",
-                "enddate": f"{begin.replace(year=begin.year + 5):{DATE_FMT}}",
+                "enddate": f"{years_later(begin, 5):{DATE_FMT}}",
                 "hosp_opnn": None,
             }
         )
