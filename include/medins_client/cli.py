@@ -81,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
         "submit",
         parents=[connection],
         help="submit a file of requests as one batch",
-        description="Submit a JSON, CSV or Excel (.xlsx) file of requests as one medins_batch run. CSV and "
+        description="Submit a JSON, CSV or Excel (.xlsx) file of requests as one batch (a medins_batch run; "
+        "above 1,000 requests, stored first and sent by a medins_stored_batch run). CSV and "
         "Excel columns: api_code, org_code, optional request_id and insuplc_admdvs, and the input as a data "
         "column of JSON or as data.<field> columns. Prints the batch id.",
     )

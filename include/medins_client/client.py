@@ -60,6 +60,13 @@ T = TypeVar("T")
 
 CALL_DAG_ID = "medins_call"
 BATCH_DAG_ID = "medins_batch"
+STORED_BATCH_DAG_ID = "medins_stored_batch"
+#: Batches larger than this are stored through the status API first, then sent by a run of
+#: ``medins_stored_batch`` whose ``conf`` holds only the batch id: Airflow copies a run's ``conf`` to
+#: every task instance, which costs each chunk time and memory in proportion to the batch.
+STORE_FIRST_ABOVE = 1000
+#: Seconds the status API may take to check and store a batch of up to 50,000 requests.
+STORE_TIMEOUT = 300
 STATUS_API_PATH = "/medins/api/v1"
 
 #: States a request never leaves: waiting for a request ends at one of them.
@@ -178,9 +185,14 @@ class MedicalInsuranceClient:
         batch_id: str | None = None,
         chunk_size: int | None = None,
         concurrency: int | None = None,
+        store_first: bool | None = None,
     ) -> str:
         """
-        Trigger ``medins_batch`` for a list of requests and return the batch id.
+        Submit a list of requests as a batch and return the batch id.
+
+        A batch of up to ``STORE_FIRST_ABOVE`` requests is the ``conf`` of a ``medins_batch`` run. A
+        larger one is stored through the status API (``POST /batches``, checked against the same
+        schema) and sent by a ``medins_stored_batch`` run whose ``conf`` is its batch id alone.
 
         The DAG run id is the batch id (``@`` written as ``~``, which run ids take instead), so a
         batch id can be submitted once: a second submission raises :class:`AlreadySubmitted`.
@@ -190,6 +202,8 @@ class MedicalInsuranceClient:
         :param batch_id: 1-64 letters, digits or ``_.:+@-``; generated when not given.
         :param chunk_size: Requests per mapped chunk (the DAG's default when not given).
         :param concurrency: Gateway calls in flight per chunk (the DAG's default when not given).
+        :param store_first: Store the batch through the status API before triggering; ``None`` for
+            batches larger than ``STORE_FIRST_ABOVE``.
         :raises SubmissionRefused: Airflow refused the batch's form, with its reason.
         """
         if isinstance(requests, (str, bytes, Mapping)) or not isinstance(requests, Iterable):
@@ -208,21 +222,37 @@ class MedicalInsuranceClient:
         conf: dict[str, Any] = {"requests": requests, "batch_id": batch_id}
         if chunk_size is not None:
             conf["chunk_size"] = chunk_size
+        dag_id = BATCH_DAG_ID
+        if store_first or (store_first is None and len(requests) > STORE_FIRST_ABOVE):
+            self._store_batch(conf)
+            dag_id, conf = STORED_BATCH_DAG_ID, {"batch_id": batch_id}
         if concurrency is not None:
             conf["concurrency"] = concurrency
         run_id = run_id_for_batch(batch_id)
 
-        self._trigger(BATCH_DAG_ID, conf, run_id, what=f"batch {batch_id}", batch_id=batch_id)
+        self._trigger(dag_id, conf, run_id, what=f"batch {batch_id}", batch_id=batch_id)
 
-        self._remember_run(batch_id, BATCH_DAG_ID, run_id)
-        log.info(
-            "Submitted batch %s (%d requests) as %s run %s",
-            batch_id,
-            len(conf["requests"]),
-            BATCH_DAG_ID,
-            run_id,
-        )
+        self._remember_run(batch_id, dag_id, run_id)
+        log.info("Submitted batch %s (%d requests) as %s run %s", batch_id, len(requests), dag_id, run_id)
         return batch_id
+
+    def _store_batch(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Store a batch through the status API; storing it again adds only new request ids."""
+        response = self._status_call("POST", "/batches", json=body, timeout=STORE_TIMEOUT)
+        reply = self._json(response)
+        if response.status_code in (400, 409):
+            raise SubmissionRefused(
+                STORED_BATCH_DAG_ID, f"batch {body['batch_id']}: {_detail(reply)}", response.status_code
+            )
+        self._raise_for_status(response, reply)
+        log.info(
+            "Stored batch %s: %d requests, %d rejected at the door, %d already stored",
+            reply["batch_id"],
+            reply["submitted"],
+            reply["rejected"],
+            reply["already_stored"],
+        )
+        return reply
 
     # Reading
 
@@ -546,15 +576,21 @@ class MedicalInsuranceClient:
         self._raise_for_status(response, body)
         return body
 
-    def _status_call(self, method: str, path: str, params: dict[str, Any] | None = None) -> requests.Response:
+    def _status_call(
+        self, method: str, path: str, params: dict[str, Any] | None = None, **kwargs: Any
+    ) -> requests.Response:
         """Call the status API with a token; fetch a new token once when Airflow refuses it."""
         url = self.status_url + path
         token = self._get_token()
-        response = self._http(method, url, params=params, headers={"Authorization": f"Bearer {token}"})
+        response = self._http(
+            method, url, params=params, headers={"Authorization": f"Bearer {token}"}, **kwargs
+        )
         if _is_stale_token(response.status_code, response.text):
             log.info("Airflow refused the token (%d); fetching a new one", response.status_code)
             token = self._refresh_token(token)
-            response = self._http(method, url, params=params, headers={"Authorization": f"Bearer {token}"})
+            response = self._http(
+                method, url, params=params, headers={"Authorization": f"Bearer {token}"}, **kwargs
+            )
         if response.status_code in (401, 403):
             raise self._access_error(f"{method} {url}", response.status_code, response.text)
         return response
@@ -592,7 +628,7 @@ class MedicalInsuranceClient:
 
         def attempt() -> requests.Response:
             try:
-                response = self._session.request(method, url, timeout=self.timeout, **kwargs)
+                response = self._session.request(method, url, **{"timeout": self.timeout, **kwargs})
             except requests.exceptions.SSLError as err:
                 raise MedinsClientError(
                     f"{method} {url}: TLS failed ({_shorten(err)}); "

@@ -26,6 +26,15 @@ from medins.store import RequestRow
 MAX_REQUESTS = 50_000
 #: Most chunks one batch is split into: ``[core] max_map_length`` is 1024.
 MAX_CHUNKS = 1000
+#: Chunks that run at once: the ``medins_batch`` pool's slots, as set-up creates it. A batch whose
+#: chunk size is left to the product is cut into a multiple of this many chunks, so no slot idles
+#: through a last, short wave.
+CHUNK_SLOTS = 4
+#: Most requests a chunk holds when the product chooses: bounds a task's memory and its run time.
+MAX_AUTO_CHUNK = 5000
+#: Fewest requests a chunk holds when the product chooses: below it, starting a task costs more
+#: than sending its requests.
+MIN_AUTO_CHUNK = 50
 REQUEST_FIELDS = frozenset({"api_code", "data", "org_code", "request_id", "insuplc_admdvs"})
 # The trigger form's JSON schema applies these patterns with ``re.search``, where ``$`` also matches
 # before a trailing newline: each ends with "no character follows" instead, which JavaScript reads
@@ -69,7 +78,7 @@ def plan_batch(
     batch_id: str,
     catalog: Catalog,
     institutions: Mapping[str, Any],
-    chunk_size: int = 250,
+    chunk_size: int | None = None,
 ) -> BatchPlan:
     """
     Check every request and plan the batch's rows and chunks.
@@ -78,7 +87,8 @@ def plan_batch(
     :param batch_id: Id of the batch the rows belong to.
     :param catalog: Interface catalog to check against.
     :param institutions: The institutions the gateway Connection serves, by code.
-    :param chunk_size: Requests per chunk; raised when the batch would need more than ``MAX_CHUNKS``.
+    :param chunk_size: Requests per chunk, raised when the batch would need more than ``MAX_CHUNKS``;
+        ``None`` to let :func:`auto_chunk_size` choose.
     """
     requests = list(requests)
     rows: list[RequestRow] = []
@@ -119,7 +129,7 @@ def plan_batch(
         if not reasons:
             valid.append(row)
 
-    size = max(1, chunk_size, math.ceil(len(valid) / MAX_CHUNKS))
+    size = max(1, chunk_size or auto_chunk_size(len(valid)), math.ceil(len(valid) / MAX_CHUNKS))
     chunks: list[dict[str, Any]] = []
     for start in range(0, len(valid), size):
         members = valid[start : start + size]
@@ -143,6 +153,18 @@ def plan_batch(
         rejected=len(rows) - len(valid),
         by_api=Counter(row.api_code or "?" for row in rows),
     )
+
+
+def auto_chunk_size(requests: int, slots: int = CHUNK_SLOTS) -> int:
+    """
+    Return the chunk size for ``requests`` valid requests: the fewest waves of ``slots`` chunks.
+
+    Every chunk is a task instance that costs a few seconds to start, so chunks are as large as
+    ``MAX_AUTO_CHUNK`` allows; their number is a multiple of ``slots`` so that every wave keeps each
+    slot busy. A batch of 10,000 becomes 4 chunks of 2,500; one of 50,000, 12 chunks of 4,167.
+    """
+    waves = max(1, math.ceil(requests / (slots * MAX_AUTO_CHUNK)))
+    return max(MIN_AUTO_CHUNK, math.ceil(requests / (slots * waves)))
 
 
 def _generated_id(batch_id: str, index: int, chosen_ids: set[Any]) -> str:

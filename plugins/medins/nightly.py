@@ -301,7 +301,7 @@ def register_night(
     run_id: str,
     dag_id: str,
     inbox_dir: str | Path | None = None,
-    chunk_size: int = 250,
+    chunk_size: int | None = None,
     concurrency: int = 16,
     medins_conn_id: str = MedicalInsuranceHook.default_conn_name,
     status_conn_id: str = StatusStore.default_conn_name,

@@ -6,7 +6,7 @@ from typing import Any
 
 from airflow.sdk import Param
 
-from medins.batch import ADMDVS, BATCH_ID, MAX_REQUESTS, REQUEST_ID
+from medins.batch import ADMDVS, BATCH_ID, CHUNK_SLOTS, MAX_AUTO_CHUNK, MAX_REQUESTS, REQUEST_ID
 
 _REQUEST_EXAMPLE = {
     "api_code": "1101",
@@ -35,6 +35,22 @@ REQUEST_SCHEMA: dict[str, Any] = {
 }
 
 
+def chunk_size_param() -> Param:
+    """Return the ``chunk_size`` Param: empty for the product's choice, else requests per chunk."""
+    return Param(
+        None,
+        type=["null", "integer"],
+        minimum=1,
+        maximum=MAX_AUTO_CHUNK,
+        title="Requests per chunk",
+        description=(
+            "Each chunk is one mapped task instance. Leave it empty to let the product choose: chunks "
+            f"of up to {MAX_AUTO_CHUNK:,}, {CHUNK_SLOTS} (the medins_batch pool's slots) or a multiple "
+            "of it. A size that would need over 1,000 chunks is raised."
+        ),
+    )
+
+
 def batch_params() -> dict[str, Param]:
     """Return the ``Params`` of ``medins_batch``, with titles and descriptions for the trigger form."""
     return {
@@ -58,23 +74,36 @@ def batch_params() -> dict[str, Param]:
             title="Batch id",
             description="Optional name of the batch (1-64 letters, digits or _.:+@-); else the DAG run id.",
         ),
-        "chunk_size": Param(
-            250,
-            type="integer",
-            minimum=1,
-            maximum=5000,
-            title="Requests per chunk",
-            description="Each chunk is one mapped task instance; raised when a batch would need over 1,000.",
-        ),
-        "concurrency": Param(
-            16,
-            type="integer",
-            minimum=1,
-            maximum=64,
-            title="Calls in flight per chunk",
-            description="Concurrent gateway calls within one chunk.",
-        ),
+        "chunk_size": chunk_size_param(),
+        "concurrency": concurrency_param(),
     }
+
+
+def stored_batch_params() -> dict[str, Param]:
+    """Return the ``Params`` of ``medins_stored_batch``: which stored batch to send, and how."""
+    return {
+        "batch_id": Param(
+            type="string",
+            pattern=BATCH_ID.pattern,
+            title="Batch id",
+            description="The id of a batch stored with POST /medins/api/v1/batches (1-64 letters, "
+            "digits or _.:+@-). Its requests that are not final yet are sent.",
+            examples=["clinic-20261204"],
+        ),
+        "concurrency": concurrency_param(),
+    }
+
+
+def concurrency_param() -> Param:
+    """Return the ``concurrency`` Param: gateway calls in flight per chunk."""
+    return Param(
+        16,
+        type="integer",
+        minimum=1,
+        maximum=64,
+        title="Calls in flight per chunk",
+        description="Concurrent gateway calls within one chunk.",
+    )
 
 
 def call_params() -> dict[str, Param]:

@@ -50,6 +50,8 @@ OPEN: frozenset[RequestState] = frozenset(RequestState) - FINAL
 class BatchState(StrEnum):
     """State of a batch's own row."""
 
+    STORED = "STORED"
+    """Stored through the status API; sent once a ``medins_stored_batch`` run is triggered for it."""
     RUNNING = "RUNNING"
     DONE = "DONE"
     CANCELLED = "CANCELLED"

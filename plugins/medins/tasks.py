@@ -6,7 +6,7 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from medins.batch import batch_id_for, plan_batch
+from medins.batch import BatchPlan, batch_id_for, plan_batch
 from medins.hooks.gateway import MedicalInsuranceHook
 from medins.progress import refresh_progress
 from medins.states import BatchState, RequestKind
@@ -35,7 +35,7 @@ def register_batch(
     run_id: str,
     dag_id: str,
     batch_id: str | None = None,
-    chunk_size: int = 250,
+    chunk_size: int | None = None,
     concurrency: int = 16,
     medins_conn_id: str = MedicalInsuranceHook.default_conn_name,
     status_conn_id: str = StatusStore.default_conn_name,
@@ -48,8 +48,106 @@ def register_batch(
     run: nothing is stored and no chunk is returned, so no request is sent by two runs at once.
     """
     batch_id = batch_id_for(run_id, batch_id)
+    plan = plan_for(requests, batch_id=batch_id, chunk_size=chunk_size, medins_conn_id=medins_conn_id)
+
+    with StatusStore.from_conn_id(status_conn_id) as store:
+        existing = _existing_batch(store, batch_id)
+        if owner := _sent_by_another_run(existing, run_id, run_is_active):
+            _leave_to(batch_id, owner)
+            return []
+        stored = store_plan(store, plan, existing, status=BatchState.RUNNING, dag_id=dag_id, run_id=run_id)
+        open_chunks = store.open_chunks(batch_id)
+        progress = refresh_progress(store, batch_id)
+
+    chunks = [chunk for chunk in plan.chunks if chunk["chunk_no"] in open_chunks]
+    _log_stored(stored, len(chunks))
+    log.info("Progress of batch %s: %s", batch_id, progress["counts"])
+    return [{**chunk, "concurrency": concurrency} for chunk in chunks]
+
+
+def store_batch(
+    requests: Sequence[Any],
+    *,
+    batch_id: str,
+    chunk_size: int | None = None,
+    medins_conn_id: str = MedicalInsuranceHook.default_conn_name,
+    status_conn_id: str = StatusStore.default_conn_name,
+    outage_seconds: float | None = None,
+) -> dict[str, Any]:
+    """
+    Store a batch for ``medins_stored_batch`` to send, and return what was stored.
+
+    The requests are checked and stored as ``medins_batch``'s registration would (``REJECTED`` rows
+    with their reason, request ids already stored left as they are); the batch's own row is
+    ``STORED`` and keeps the chunk plan. Nothing is sent until a ``medins_stored_batch`` run is
+    triggered with the batch id. A batch a run is sending keeps its state: its new requests are
+    sent by a later run.
+    """
+    plan = plan_for(requests, batch_id=batch_id, chunk_size=chunk_size, medins_conn_id=medins_conn_id)
+    kwargs = {} if outage_seconds is None else {"outage_seconds": outage_seconds}
+    with StatusStore.from_conn_id(status_conn_id, **kwargs) as store:
+        existing = _existing_batch(store, batch_id)
+        status = existing.status if existing else BatchState.STORED
+        stored = store_plan(store, plan, existing, status=status)
+        refresh_progress(store, batch_id)
+    _log_stored(stored, len(plan.chunks))
+    return stored
+
+
+def take_stored_batch(
+    batch_id: str,
+    *,
+    run_id: str,
+    dag_id: str,
+    concurrency: int = 16,
+    status_conn_id: str = StatusStore.default_conn_name,
+    run_is_active: RunIsActive | None = None,
+) -> list[dict[str, Any]]:
+    """
+    Take a batch stored by :func:`store_batch` for this DAG run, and return the chunks to map over.
+
+    Only chunks with requests that are not final are returned, so a run triggered again for the
+    same batch resumes it. A batch another run is sending is left to that run.
+    """
+    from airflow.sdk.exceptions import AirflowFailException
+
+    with StatusStore.from_conn_id(status_conn_id) as store:
+        batch = store.get_batch(batch_id)
+        if batch is None:
+            raise AirflowFailException(
+                f"no stored batch {batch_id!r}: store it first with POST /medins/api/v1/batches "
+                "(MedicalInsuranceClient.call_batch_async does), then trigger this DAG with its batch_id"
+            )
+        if owner := _sent_by_another_run(batch, run_id, run_is_active):
+            _leave_to(batch_id, owner)
+            return []
+        info = {"dag_id": dag_id, "run_id": run_id, "started_at": now_cst().isoformat()}
+        store.put_batch(batch_id, BatchState.RUNNING, {**batch.data, **info})
+        open_chunks = store.open_chunks(batch_id)
+        progress = refresh_progress(store, batch_id)
+
+    plan = batch.data.get("chunk_plan", [])
+    chunks = [chunk for chunk in plan if chunk["chunk_no"] in open_chunks]
+    log.info(
+        "Batch %s: %d of %d chunks hold requests to send; progress %s",
+        batch_id,
+        len(chunks),
+        len(plan),
+        progress["counts"],
+    )
+    return [{**chunk, "concurrency": concurrency} for chunk in chunks]
+
+
+def plan_for(
+    requests: Sequence[Any],
+    *,
+    batch_id: str,
+    chunk_size: int | None,
+    medins_conn_id: str = MedicalInsuranceHook.default_conn_name,
+) -> BatchPlan:
+    """Check a batch's requests against the catalog and the gateway Connection's institutions."""
     hook = MedicalInsuranceHook(medins_conn_id=medins_conn_id)
-    plan = plan_batch(
+    return plan_batch(
         requests,
         batch_id=batch_id,
         catalog=hook.catalog,
@@ -57,60 +155,86 @@ def register_batch(
         chunk_size=chunk_size,
     )
 
-    with StatusStore.from_conn_id(status_conn_id) as store:
-        taken = store.get(batch_id)
-        if taken is not None and taken.kind != RequestKind.BATCH:
-            from airflow.sdk.exceptions import AirflowFailException
 
-            raise AirflowFailException(
-                f"batch id {batch_id!r} is the request_id of a request of batch {taken.batch_id}: "
-                "nothing was stored; submit again with another batch id"
-            )
-        existing = store.get_batch(batch_id)
-        if owner := _sent_by_another_run(existing, run_id, run_is_active):
-            log.warning(
-                "Batch %s is being sent by run %s: this run stores and sends nothing. Follow that run, "
-                "or submit again once it has ended to resume what it leaves open.",
-                batch_id,
-                owner,
-            )
-            return []
-        inserted = store.register(plan.rows)
-        open_chunks = store.open_chunks(batch_id)
-        info = {
-            "dag_id": dag_id,
-            "run_id": run_id,
-            "submitted": plan.total,
-            "rejected": plan.rejected,
-            "already_stored": plan.total - inserted,
-            "chunks": len(plan.chunks),
-            "by_api": dict(sorted(plan.by_api.items())),
-            "started_at": (existing.data.get("started_at") if existing else None) or now_cst().isoformat(),
-        }
-        store.put_batch(batch_id, BatchState.RUNNING, {**(existing.data if existing else {}), **info})
-        progress = refresh_progress(store, batch_id)
+def store_plan(
+    store: StatusStore,
+    plan: BatchPlan,
+    existing: Any,
+    *,
+    status: str,
+    dag_id: str | None = None,
+    run_id: str | None = None,
+) -> dict[str, Any]:
+    """
+    Write a planned batch's rows and its own row, and return what was stored.
 
-    skipped = plan.total - inserted
-    chunks = [chunk for chunk in plan.chunks if chunk["chunk_no"] in open_chunks]
+    A batch stored for a later run (no ``dag_id``) keeps its chunk plan in its own row.
+    """
+    inserted = store.register(plan.rows)
+    earlier = existing.data if existing else {}
+    info = {
+        "submitted": plan.total,
+        "rejected": plan.rejected,
+        "already_stored": plan.total - inserted,
+        "chunks": len(plan.chunks),
+        "by_api": dict(sorted(plan.by_api.items())),
+        "started_at": earlier.get("started_at") or now_cst().isoformat(),
+    }
+    if dag_id:
+        info.update(dag_id=dag_id, run_id=run_id)
+    else:  # stored for a later run: it reads its chunks from here
+        info["chunk_plan"] = plan.chunks
+    store.put_batch(plan.batch_id, status, {**earlier, **info})
+    return {
+        "batch_id": plan.batch_id,
+        "status": status,
+        **{key: info[key] for key in ("submitted", "rejected", "already_stored")},
+        "stored": inserted,
+        "chunks": len(plan.chunks),
+        "new_batch": existing is None,
+    }
+
+
+def _existing_batch(store: StatusStore, batch_id: str) -> Any:
+    """Return the batch's own row, or None; refuse a batch id that is already a request's id."""
+    taken = store.get(batch_id)
+    if taken is not None and taken.kind != RequestKind.BATCH:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        raise AirflowFailException(
+            f"batch id {batch_id!r} is the request_id of a request of batch {taken.batch_id}: "
+            "nothing was stored; submit again with another batch id"
+        )
+    return taken
+
+
+def _leave_to(batch_id: str, owner: str) -> None:
+    log.warning(
+        "Batch %s is being sent by run %s: this run stores and sends nothing. Follow that run, "
+        "or submit again once it has ended to resume what it leaves open.",
+        batch_id,
+        owner,
+    )
+
+
+def _log_stored(stored: dict[str, Any], chunks: int) -> None:
+    skipped = stored["submitted"] - stored["stored"]
     log.info(
         "Batch %s: %d requests, %d rejected at the door; %d stored now, %d already in the table; "
-        "%d of %d chunks hold requests to send",
-        batch_id,
-        plan.total,
-        plan.rejected,
-        inserted,
+        "%d chunks hold requests to send",
+        stored["batch_id"],
+        stored["submitted"],
+        stored["rejected"],
+        stored["stored"],
         skipped,
-        len(chunks),
-        len(plan.chunks),
+        chunks,
     )
-    if skipped and not existing:
+    if skipped and stored["new_batch"]:
         log.warning(
             "%d request_ids of batch %s were already stored by an earlier batch and are left as they are",
             skipped,
-            batch_id,
+            stored["batch_id"],
         )
-    log.info("Progress of batch %s: %s", batch_id, progress["counts"])
-    return [{**chunk, "concurrency": concurrency} for chunk in chunks]
 
 
 def summarize_batch(
@@ -126,6 +250,11 @@ def summarize_batch(
     batch_id = batch_id_for(run_id, batch_id)
     with StatusStore.from_conn_id(status_conn_id) as store:
         batch = store.get_batch(batch_id)
+        if batch is None:
+            raise AirflowFailException(
+                f"no batch {batch_id} in the status table: nothing was stored or sent; "
+                "the run's first task says why"
+            )
         if owner := _sent_by_another_run(batch, run_id, run_is_active):
             log.info(
                 "Batch %s is being sent by run %s, which summarizes it; nothing to do here.", batch_id, owner

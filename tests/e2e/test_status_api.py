@@ -146,6 +146,7 @@ ROUTES = [
     ("GET", "/tasks"),
     ("GET", "/batches/x"),
     ("GET", "/statistics"),
+    ("POST", "/batches"),
     ("POST", "/batches/x/cancel"),
     ("POST", "/tasks/x/cancel"),
 ]

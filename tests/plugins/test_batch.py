@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from medins.batch import MAX_CHUNKS, batch_id_for, plan_batch
+from medins.batch import MAX_AUTO_CHUNK, MAX_CHUNKS, MIN_AUTO_CHUNK, auto_chunk_size, batch_id_for, plan_batch
 from medins.catalog import load_catalog
 from tests.conftest import INSTITUTIONS, ROOT
 
@@ -87,6 +87,30 @@ def test_chunk_size_grows_so_a_batch_never_needs_more_than_the_map_limit():
     result = plan([GOOD] * (MAX_CHUNKS * 3 + 1), chunk_size=1)
 
     assert len(result.chunks) <= MAX_CHUNKS
+
+
+@pytest.mark.parametrize(
+    ("requests", "sizes"),
+    [
+        (1_000, [250] * 4),
+        (10_000, [2_500] * 4),
+        (20_000, [5_000] * 4),
+        (50_000, [4_167] * 11 + [4_163]),
+        (120, [MIN_AUTO_CHUNK, MIN_AUTO_CHUNK, 20]),
+        (7, [7]),
+    ],
+    ids=["1k-one-wave", "10k-one-wave", "20k-largest-chunks", "50k-three-waves", "small", "tiny"],
+)
+def test_the_product_cuts_a_batch_into_waves_of_four_chunks_of_at_most_5000(requests, sizes):
+    result = plan([GOOD] * requests)
+
+    assert [chunk["size"] for chunk in result.chunks] == sizes
+    assert max(sizes) <= MAX_AUTO_CHUNK
+
+
+def test_a_chunk_size_chosen_by_the_caller_wins_over_the_products():
+    assert [chunk["size"] for chunk in plan([GOOD] * 1_000, chunk_size=400).chunks] == [400, 400, 200]
+    assert auto_chunk_size(1_000) == 250
 
 
 def test_rejection_reasons_mask_personal_data():

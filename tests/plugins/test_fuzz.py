@@ -243,7 +243,7 @@ def validate_conf(conf: dict[str, Any]) -> dict[str, Any]:
     return SERVER_PARAMS.deep_merge(conf).validate()
 
 
-def plan(requests: Any, batch_id: str = BATCH, chunk_size: int = 3) -> BatchPlan:
+def plan(requests: Any, batch_id: str = BATCH, chunk_size: int | None = 3) -> BatchPlan:
     return plan_batch(
         requests, batch_id=batch_id, catalog=CATALOG, institutions=INSTITUTIONS, chunk_size=chunk_size
     )
@@ -304,7 +304,8 @@ class TestConfValidator:
         )
 
         check_plan(result, params["requests"])
-        assert params["requests"] and 1 <= params["chunk_size"] <= 5000
+        assert params["requests"]
+        assert params["chunk_size"] is None or 1 <= params["chunk_size"] <= 5000
 
     @FUZZ
     @given(requests=st.lists(ANY_REQUESTS, max_size=15), chunk_size=st.integers(1, 5))

@@ -60,5 +60,7 @@ def _dag_run_access(method: Literal["GET", "PUT"], action: str) -> Callable[...,
 can_read_runs = _dag_run_access("GET", "reading requests")
 """Dependency: the caller may read DAG runs; returns the user."""
 
+can_trigger_runs = _dag_run_access("POST", "storing a batch to send")
+"""Dependency: the caller may trigger DAG runs; returns the user."""
 can_edit_runs = _dag_run_access("PUT", "cancelling")
 """Dependency: the caller may edit DAG runs; returns the user."""

@@ -106,6 +106,19 @@ class Timeline(BaseModel):
     )
 
 
+class BatchStored(BaseModel):
+    """What ``POST /batches`` stored, and how to send it."""
+
+    batch_id: str
+    status: str = Field(description="STORED for a new batch; a batch stored before keeps its state.")
+    submitted: int = Field(description="Requests in the body.")
+    rejected: int = Field(description="Requests refused at the door: REJECTED rows with their reason.")
+    stored: int = Field(description="Rows written now.")
+    already_stored: int = Field(description="Requests whose request_id was in the table already.")
+    chunks: int = Field(description="Chunks the batch's valid requests are cut into.")
+    dag_id: str = Field(description="The DAG to trigger with {'batch_id': ...} to send the batch.")
+
+
 class BatchCancelled(BaseModel):
     """The outcome of cancelling a batch."""
 

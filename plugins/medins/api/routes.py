@@ -9,19 +9,22 @@ Personal data is masked in every reply but a single request read with ``full=tru
 from __future__ import annotations
 
 import logging
+import secrets
 from datetime import UTC, datetime, timedelta
 from functools import cache
 from http import HTTPStatus
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query
+from airflow.sdk.exceptions import AirflowFailException
+from fastapi import APIRouter, Body, Depends, HTTPException, Query
 from fastapi.responses import JSONResponse
 
-from medins.api.auth import can_edit_runs, can_read_runs
+from medins.api.auth import can_edit_runs, can_read_runs, can_trigger_runs
 from medins.api.models import (
     Batch,
     BatchCancelled,
     BatchPage,
+    BatchStored,
     Problem,
     Statistics,
     Task,
@@ -32,14 +35,19 @@ from medins.api.models import (
 )
 from medins.api.reports import Interval, ReportStore
 from medins.catalog import load_catalog
-from medins.masking import DEFAULT_PERSONAL_FIELDS, mask_data, mask_text
+from medins.masking import DEFAULT_PERSONAL_FIELDS, mask_data, mask_refusal, mask_text
 from medins.progress import progress_of
 from medins.states import FINAL, BatchState, RequestKind, RequestState
-from medins.store import RequestRow, StatusStore
+from medins.store import BatchIdTaken, RequestRow, StatusStore
+from medins.timeutil import now_cst
 
 log = logging.getLogger(__name__)
 
 STATUS_CONN_ID = StatusStore.default_conn_name
+GATEWAY_CONN_ID = "medins_gateway_default"
+"""Connection of the gateway, whose interface catalog and institutions a stored batch is checked against."""
+STORED_DAG_ID = "medins_stored_batch"
+_STORE_KEYS = frozenset({"requests", "batch_id", "chunk_size"})
 API_OUTAGE_SECONDS = 5.0
 """Connection of the status store the API reads and writes."""
 
@@ -58,6 +66,7 @@ router = APIRouter(responses={"4XX": {"model": Problem}})
 
 CanRead = Depends(can_read_runs)
 Editor = Annotated[Any, Depends(can_edit_runs)]
+Submitter = Annotated[Any, Depends(can_trigger_runs)]
 CreatedFrom = Annotated[
     datetime | None,
     Query(description="Earliest created_at, inclusive: ISO 8601, UTC when it has no offset."),
@@ -240,6 +249,62 @@ def get_timeline(
     return Timeline(interval=interval.value, created_from=start, created_to=end, buckets=buckets)
 
 
+@router.post("/batches", status_code=HTTPStatus.CREATED)
+def store_batch(
+    body: Annotated[dict[str, Any], Body(description="requests, and optionally batch_id and chunk_size.")],
+    user: Submitter,
+) -> BatchStored:
+    """
+    Check a batch and store its requests; trigger ``medins_stored_batch`` with its ``batch_id`` to send it.
+
+    The body takes the keys of ``medins_batch``'s ``conf`` and is checked against the same schema, with
+    the same reasons (400); a bad single request becomes a ``REJECTED`` row with its reason. Stored
+    again, a batch adds only the requests whose ``request_id`` is new.
+    """
+    from airflow.sdk.definitions.param import ParamsDict, ParamValidationError
+
+    from medins.params import batch_params
+    from medins.tasks import store_batch as store
+
+    params = ParamsDict(batch_params())
+    if unknown := sorted(set(body) - _STORE_KEYS):
+        raise HTTPException(
+            HTTPStatus.BAD_REQUEST,
+            f"unknown keys: {', '.join(unknown)}; the body takes {', '.join(sorted(_STORE_KEYS))} "
+            f"(concurrency goes in the {STORED_DAG_ID} trigger's conf)",
+        )
+    try:
+        params.update(body)
+        checked = params.validate()
+    except ParamValidationError as err:
+        raise HTTPException(HTTPStatus.BAD_REQUEST, mask_refusal(str(err))) from None
+    batch_id = checked["batch_id"] or new_batch_id()
+
+    try:
+        stored = store(
+            checked["requests"],
+            batch_id=batch_id,
+            chunk_size=checked["chunk_size"],
+            medins_conn_id=GATEWAY_CONN_ID,
+            status_conn_id=STATUS_CONN_ID,
+            outage_seconds=API_OUTAGE_SECONDS,
+        )
+    except (BatchIdTaken, AirflowFailException) as err:
+        raise HTTPException(HTTPStatus.CONFLICT, str(err)) from None
+
+    log.info(
+        "%s stored batch %s: %d requests, %d rejected, %d new rows",
+        _name(user),
+        batch_id,
+        stored["submitted"],
+        stored["rejected"],
+        stored["stored"],
+    )
+    return BatchStored(
+        **{key: stored[key] for key in BatchStored.model_fields if key in stored}, dag_id=STORED_DAG_ID
+    )
+
+
 @router.post("/batches/{batch_id}/cancel")
 def cancel_batch(batch_id: str, user: Editor) -> BatchCancelled:
     """Cancel a batch: its requests not sent yet are cancelled; those already sent keep their true state."""
@@ -276,6 +341,11 @@ def cancel_task(task_id: str, user: Editor) -> Any:
         )
     log.info("%s cancelled request %s (was %s)", _name(user), task_id, before.status)
     return TaskCancelled(task_id=after.task_id, status=after.status)
+
+
+def new_batch_id() -> str:
+    """Return a batch id for a batch stored without one: the time in China and a random part."""
+    return f"batch-{now_cst():%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
 
 
 def _open_store() -> ReportStore:
