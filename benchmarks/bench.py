@@ -74,22 +74,8 @@ def cluster_env() -> dict[str, str]:
 def connect_like_the_workers() -> None:
     """Give this process the topology's gateway Connection (Redis shared state included) and the table."""
     env = {**os.environ, **cluster_env()}
-    shown = subprocess.run(
-        ["airflow", "connections", "get", "medins_gateway_default", "--output", "json"],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    os.environ[f"AIRFLOW_CONN_{GATEWAY_CONN.upper()}"] = json.loads(shown.stdout)[0]["get_uri"]
-    redis = subprocess.run(
-        ["airflow", "connections", "get", "medins_redis_default", "--output", "json"],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    os.environ["AIRFLOW_CONN_MEDINS_REDIS_DEFAULT"] = json.loads(redis.stdout)[0]["get_uri"]
+    os.environ[f"AIRFLOW_CONN_{GATEWAY_CONN.upper()}"] = connection_uri("medins_gateway_default", env)
+    os.environ["AIRFLOW_CONN_MEDINS_REDIS_DEFAULT"] = connection_uri("medins_redis_default", env)
     os.environ[f"AIRFLOW_CONN_{STATUS_CONN.upper()}"] = json.dumps(
         {
             "conn_type": "mysql",
@@ -104,6 +90,18 @@ def connect_like_the_workers() -> None:
 
 def admin_password() -> str:
     return json.loads((ROOT / ".airflow-cluster/passwords.json").read_text())["admin"]
+
+
+def connection_uri(conn_id: str, env: dict[str, str]) -> str:
+    """Return a Connection of the topology as a URI, read from its metadata DB."""
+    shown = subprocess.run(
+        ["airflow", "connections", "get", conn_id, "--output", "json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(shown.stdout)[0]["get_uri"]
 
 
 def token() -> str:
