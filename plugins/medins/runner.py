@@ -253,7 +253,14 @@ class ChunkRunner:
         """Record each message's ``msgid`` on its row before it is sent; skip rows no longer open."""
         if not jobs:
             return []
-        planned = [(job, self.hook.new_msgid(job.row.org_code or "")) for job in jobs]
+        by_org: dict[str, list[_Job]] = {}
+        for job in jobs:
+            by_org.setdefault(job.row.org_code or "", []).append(job)
+        planned = [
+            pair
+            for org_code, group in by_org.items()
+            for pair in zip(group, self.hook.new_msgids(org_code, len(group)), strict=True)
+        ]
         claimed = self.store.claim([(job.row.task_id, msgid) for job, msgid in planned])
         return [(job, msgid) for job, msgid in planned if job.row.task_id in claimed]
 

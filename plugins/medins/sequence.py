@@ -28,6 +28,10 @@ class MsgIdSequence(Protocol):
         """Return a ``msgid`` never handed out before for ``org_code``."""
         ...
 
+    def next_msgids(self, org_code: str, count: int) -> list[str]:
+        """Return ``count`` msgids never handed out before for ``org_code``, in order."""
+        ...
+
 
 class FileMsgIdSequence:
     """Share the per-second sequence between the processes of one machine through a locked file."""
@@ -38,8 +42,13 @@ class FileMsgIdSequence:
 
     def next_msgid(self, org_code: str) -> str:
         """Return the next ``msgid`` for ``org_code``; wait for the next second when one is used up."""
+        return self.next_msgids(org_code, 1)[0]
+
+    def next_msgids(self, org_code: str, count: int) -> list[str]:
+        """Return the next ``count`` msgids for ``org_code``, taken under one lock per second used."""
         path = self.directory / f"{org_code}.seq"
-        while True:
+        found: list[str] = []
+        while len(found) < count:
             with open(path, "a+", encoding="ascii") as handle:
                 fcntl.flock(handle, fcntl.LOCK_EX)
                 # Read the clock under the lock, so no sender goes back to a second already left.
@@ -48,11 +57,14 @@ class FileMsgIdSequence:
                 last_stamp, _, last_seq = handle.read().partition(" ")
                 if last_stamp > stamp:  # the clock stepped back: keep counting in the later second
                     stamp = last_stamp
-                seq = int(last_seq) + 1 if last_stamp == stamp and last_seq.strip().isdigit() else 1
-                if seq <= MAX_PER_SECOND:
+                first = int(last_seq) + 1 if last_stamp == stamp and last_seq.strip().isdigit() else 1
+                last = min(MAX_PER_SECOND, first + count - len(found) - 1)
+                if first <= last:
                     handle.seek(0)
                     handle.truncate()
-                    handle.write(f"{stamp} {seq}")
+                    handle.write(f"{stamp} {last}")
                     handle.flush()
-                    return f"{org_code}{stamp}{seq:04d}"
+                    found += [f"{org_code}{stamp}{seq:04d}" for seq in range(first, last + 1)]
+                    continue
             time.sleep(0.05)
+        return found

@@ -54,6 +54,11 @@ DEFAULT_PREFIX = "medins"
 # gateway second as one admitted a second after it.
 RATE_WINDOW_SECONDS = 1.1
 
+# How long a process uses a sign_no it read from Redis before reading it again. A sign_no another worker
+# replaced in the meantime is refused before processing (签到信息无效): the caller drops it and reads the
+# new one, and the message is sent again under a new msgid.
+SIGN_IN_REUSE_SECONDS = 5.0
+
 # How long shared state waits out Redis being unreachable (a restart, a failover) before a call gives up.
 REDIS_OUTAGE_SECONDS = 30.0
 
@@ -61,9 +66,10 @@ REDIS_OUTAGE_SECONDS = 30.0
 # still continues that second's count instead of starting it again.
 MSGID_COUNTER_TTL_SECONDS = 600
 
-# The next sequence of one institution's second, or 0 when that second may not be used.
-# KEYS[1]: the second's counter; KEYS[2]: the first second this Redis' counters cover, set when it is
-# found missing (first use, or Redis lost its data). ARGV: the second (yyyyMMddHHmmss), the counter's TTL.
+# The last of the next ARGV[3] sequences of one institution's second, or 0 when that second may not be
+# used. KEYS[1]: the second's counter; KEYS[2]: the first second this Redis' counters cover, set when it
+# is found missing (first use, or Redis lost its data). ARGV: the second (yyyyMMddHHmmss), the counter's
+# TTL, how many sequences to take.
 _NEXT_SEQUENCE = """
 local since = redis.call('GET', KEYS[2])
 if not since then
@@ -73,7 +79,7 @@ end
 if ARGV[1] <= since then
     return 0
 end
-local seq = redis.call('INCR', KEYS[1])
+local seq = redis.call('INCRBY', KEYS[1], ARGV[3])
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 return seq
 """
@@ -129,21 +135,30 @@ class RedisMsgIdSequence:
         self.prefix = prefix
 
     def next_msgid(self, org_code: str) -> str:
+        """Return the next ``msgid`` for ``org_code``; wait for the next second when one is used up."""
+        return self.next_msgids(org_code, 1)[0]
+
+    def next_msgids(self, org_code: str, count: int) -> list[str]:
         """
-        Return the next ``msgid`` for ``org_code``; wait for the next second when one is used up.
+        Return the next ``count`` msgids for ``org_code``, one round trip to Redis per second used.
 
         Redis that lost its data (restarted without persistence, flushed) no longer knows which
         sequences of the current second were handed out: no msgid is then given out for that second
         or an earlier one. Waiting out a Redis restart follows :func:`_with_redis`.
         """
-        while True:
+        found: list[str] = []
+        while len(found) < count:
+            wanted = count - len(found)
             stamp = datetime.now(SHANGHAI).strftime("%Y%m%d%H%M%S")
             keys = [f"{self.prefix}:msgid:{org_code}:{stamp}", f"{self.prefix}:msgid:kept-since"]
-            args = [stamp, MSGID_COUNTER_TTL_SECONDS]
-            seq = _with_redis("msgid sequence", functools.partial(self._next, keys=keys, args=args))
-            if 0 < seq <= MAX_PER_SECOND:
-                return f"{org_code}{stamp}{seq:04d}"
-            time.sleep(1.0 - time.time() % 1.0 + 0.001)
+            args = [stamp, MSGID_COUNTER_TTL_SECONDS, wanted]
+            last = _with_redis("msgid sequence", functools.partial(self._next, keys=keys, args=args))
+            first, last = last - wanted + 1, min(last, MAX_PER_SECOND)
+            if 0 < first <= last:
+                found += [f"{org_code}{stamp}{seq:04d}" for seq in range(first, last + 1)]
+            else:
+                time.sleep(1.0 - time.time() % 1.0 + 0.001)
+        return found
 
     @functools.cached_property
     def _next(self) -> Any:
@@ -162,20 +177,32 @@ class RedisSignInCache:
         self.client = client
         self.prefix = prefix
         self._drop_if_same = client.register_script(_DROP_IF_SAME)
+        # key -> (sign_no, monotonic time until which it is used without asking Redis)
+        self._recent: dict[str, tuple[str, float]] = {}
 
     def get(self, key: str) -> str | None:
-        """Return the cached ``sign_no`` for ``key``, or None."""
+        """Return the cached ``sign_no`` for ``key``, or None; Redis is asked at most every few seconds."""
+        recent = self._recent.get(key)
+        if recent is not None and recent[1] > time.monotonic():
+            return recent[0]
         value = _with_redis("sign-in cache", lambda: self.client.get(self._key(key)))
-        return value.decode() if isinstance(value, bytes) else value
+        sign_no = value.decode() if isinstance(value, bytes) else value
+        if sign_no:
+            self._recent[key] = (sign_no, time.monotonic() + SIGN_IN_REUSE_SECONDS)
+        return sign_no
 
     def put(self, key: str, sign_no: str, ttl_seconds: int) -> None:
         """Keep ``sign_no`` for ``key`` for ``ttl_seconds``."""
         _with_redis(
             "sign-in cache", lambda: self.client.set(self._key(key), sign_no, ex=max(1, int(ttl_seconds)))
         )
+        self._recent[key] = (sign_no, time.monotonic() + min(SIGN_IN_REUSE_SECONDS, ttl_seconds))
 
     def drop(self, key: str, sign_no: str) -> None:
         """Forget ``sign_no`` for ``key`` if it is still the cached one; a newer one stays."""
+        recent = self._recent.get(key)
+        if recent is not None and recent[0] == sign_no:
+            self._recent.pop(key, None)
         try:
             self._drop_if_same(keys=[self._key(key)], args=[sign_no])
         except RedisError as err:  # the sign-in that follows a drop replaces the sign_no anyway

@@ -42,6 +42,14 @@ def _msgids(prefix: str, count: int) -> list[str]:
     return [sequence.next_msgid(ORG) for _ in range(count)]
 
 
+def _mixed_blocks(prefix: str, sizes: list[int]) -> list[str]:
+    sequence = RedisMsgIdSequence(_redis_client(), prefix=prefix)
+    ids = []
+    for size in sizes:
+        ids += sequence.next_msgids(ORG, size) if size > 1 else [sequence.next_msgid(ORG)]
+    return ids
+
+
 def _admissions(prefix: str, per_second: int, seconds: float, start, results) -> None:
     limiter = RedisRateLimiter(_redis_client(), per_second, prefix=prefix)
     admitted = []
@@ -61,6 +69,30 @@ class TestRedisMsgIdSequence:
         ids = [msgid for batch in batches for msgid in batch]
         assert len(ids) == len(set(ids)) == 2000
         assert all(MSGID.match(msgid) for msgid in ids)
+
+    def test_blocks_and_single_msgids_never_overlap_across_processes(self, shared_redis):
+        plans = [[1, 64, 3, 128, 1, 7], [128, 1, 1, 64, 32], [5, 5, 5, 200], [1] * 50]
+        with multiprocessing.get_context("spawn").Pool(4) as pool:
+            batches = pool.starmap(_mixed_blocks, [(shared_redis.prefix, plan) for plan in plans])
+
+        ids = [msgid for batch in batches for msgid in batch]
+        assert len(ids) == len(set(ids)) == sum(map(sum, plans))
+        assert all(MSGID.match(msgid) for msgid in ids)
+        for batch in batches:  # each process gets its msgids in order
+            assert batch == sorted(batch)
+
+    def test_a_block_that_crosses_9999_continues_in_the_next_second(self, shared_redis):
+        time.sleep(1.0 - time.time() % 1.0 + 0.01)
+        stamp = datetime.now(SHANGHAI).strftime("%Y%m%d%H%M%S")
+        shared_redis.client.set(f"{shared_redis.prefix}:msgid:{ORG}:{stamp}", 9996)
+        shared_redis.client.set(f"{shared_redis.prefix}:msgid:kept-since", "20260101000000")
+        sequence = RedisMsgIdSequence(shared_redis.client, prefix=shared_redis.prefix)
+
+        ids = sequence.next_msgids(ORG, 5)
+
+        following = f"{datetime.strptime(stamp, '%Y%m%d%H%M%S') + timedelta(seconds=1):%Y%m%d%H%M%S}"
+        assert ids[:3] == [f"{ORG}{stamp}9997", f"{ORG}{stamp}9998", f"{ORG}{stamp}9999"]
+        assert ids[3:] == [f"{ORG}{following}0001", f"{ORG}{following}0002"]
 
     def test_sequence_moves_to_the_next_second_when_9999_are_used(self, shared_redis):
         time.sleep(1.0 - time.time() % 1.0 + 0.01)  # start early in a second, so it does not end unseen
@@ -130,6 +162,32 @@ class TestRedisSignInCache:
 
         assert kept == "SIGN-NEW"
         assert cache.get("key") is None
+
+    def test_a_sign_no_read_once_is_reused_for_a_few_seconds_without_asking_redis(
+        self, shared_redis, monkeypatch
+    ):
+        monkeypatch.setattr("medins.shared_state.SIGN_IN_REUSE_SECONDS", 0.3)
+        cache = RedisSignInCache(shared_redis.client, prefix=shared_redis.prefix)
+        cache.put("key", "SIGN-1", 60)
+        shared_redis.client.delete(cache._key("key"))
+
+        within = cache.get("key")
+        time.sleep(0.35)
+
+        assert within == "SIGN-1"
+        assert cache.get("key") is None
+
+    def test_drop_of_a_reused_sign_no_reads_the_one_another_worker_put(self, shared_redis):
+        mine = RedisSignInCache(shared_redis.client, prefix=shared_redis.prefix)
+        theirs = RedisSignInCache(_redis_client(), prefix=shared_redis.prefix)
+        mine.put("key", "SIGN-OLD", 60)
+        theirs.put("key", "SIGN-NEW", 60)
+
+        reused = mine.get("key")
+        mine.drop("key", "SIGN-OLD")
+
+        assert reused == "SIGN-OLD"
+        assert mine.get("key") == "SIGN-NEW"
 
     def test_lock_lets_one_holder_in_at_a_time(self, shared_redis):
         cache = RedisSignInCache(shared_redis.client, prefix=shared_redis.prefix)
@@ -261,6 +319,24 @@ class TestHookOnSharedState:
 
         assert all(outcome.kind is OutcomeKind.SUCCESS for outcome in outcomes), [o.reason for o in outcomes]
         assert sandbox.stats()["by_infno"].get("9001") == 1
+
+    def test_a_sign_in_renewed_by_another_worker_costs_one_refusal_and_no_sign_in(
+        self, make_hook, shared_redis, sandbox
+    ):
+        first, second = make_hook(extra=shared_redis.extra), make_hook(extra=shared_redis.extra)
+        assert first.call("5301", CHRONIC_QUERY, org_code=ORG).kind is OutcomeKind.SUCCESS
+        old = first.sign_in(first.institution(ORG))  # read back from this worker's few seconds of reuse
+        signed_out = second.call(
+            "9002", {"sign_no": old, "opter_no": second.institution(ORG).opter}, org_code=ORG
+        )
+        renewed = second.sign_in(second.institution(ORG))  # 9002 took the old one out of Redis
+
+        outcome = first.call("5301", CHRONIC_QUERY, org_code=ORG)
+
+        assert signed_out.kind is OutcomeKind.SUCCESS and renewed != old
+        assert outcome.kind is OutcomeKind.SUCCESS, outcome.reason
+        assert sandbox.stats()["by_infno"]["9001"] == 2  # the first sign-in and the other worker's
+        assert sandbox.stats()["by_infno"]["5301"] == 3  # one refused with the old sign_no, then sent again
 
     def test_hook_within_the_rate_limit_is_never_refused_with_429(self, make_hook, shared_redis, sandbox):
         per_second = 5

@@ -258,6 +258,25 @@ class TestOutcomes:
         assert outcome.kind is OutcomeKind.TRANSIENT
         assert "connection failed" in outcome.err_msg
 
+    @pytest.mark.parametrize("bypassed", [False, True], ids=["through-proxy", "no_proxy"])
+    def test_proxy_settings_of_the_environment_are_followed(self, make_hook, sandbox, monkeypatch, bypassed):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            dead_proxy = f"http://127.0.0.1:{probe.getsockname()[1]}"
+        for name in ("HTTP_PROXY", "http_proxy"):
+            monkeypatch.setenv(name, dead_proxy)
+        for name in ("NO_PROXY", "no_proxy"):
+            monkeypatch.setenv(name, "127.0.0.1" if bypassed else "")
+        hook = make_hook()
+
+        outcome = hook.call("5301", {"psn_no": "44010000000000000002"}, org_code=ORG)
+
+        if bypassed:
+            assert outcome.kind is OutcomeKind.SUCCESS, outcome.reason
+        else:  # sent to the proxy, which is not there: the gateway saw nothing
+            assert outcome.kind is OutcomeKind.TRANSIENT
+            assert sandbox.stats()["received"] == 0
+
 
 class TestSettings:
     def test_unknown_institution_is_named(self, hook):
