@@ -10,7 +10,8 @@ measures requests per second from submission to every row final in ``async_task_
   ``medins_stored_batch`` run triggered over the REST API; up to 1,000 it is a ``medins_batch`` run's
   ``conf``; the product chooses the chunks;
 * ``task-per-request``: ``medins_batch`` triggered over REST with ``chunk_size`` 1, a mapped task
-  instance per request (only up to 1,024);
+  instance per request, for sizes up to 1,024 and with at most ``--per-request-max`` requests (200:
+  at about one task instance a second, a thousand would take a quarter of an hour a run);
 * ``seed``: one plain Celery task per request with a per-request upsert (``benchmarks/seed_celery.py``).
 
 Every variant keeps the same number of calls in flight (``--in-flight``, 64: the product's 4 chunk
@@ -205,6 +206,41 @@ class PeakMemory:
                 self.peak_process = max(self.peak_process, max(sizes) / 2**20)
 
 
+class CpuByComponent:
+    """CPU seconds each process of the topology (children included), MariaDB and Redis spend in a run."""
+
+    SERVICES = ("mariadbd", "redis-server")
+
+    def __enter__(self) -> CpuByComponent:
+        self.seconds: dict[str, float] = {}
+        self._start = self._read()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        end = self._read()
+        self.seconds = {name: end[name] - self._start.get(name, 0.0) for name in end}
+
+    def _read(self) -> dict[str, float]:
+        found: dict[str, float] = {}
+        roots = {name: psutil.Process(pid) for name, pid in json.loads(STATE_FILE.read_text()).items()}
+        roots |= {p.info["name"]: p for p in psutil.process_iter(["name"]) if p.info["name"] in self.SERVICES}
+        for name, root in roots.items():
+            try:
+                tree = [root, *root.children(recursive=True)]
+            except psutil.Error:
+                continue
+            for process in tree:
+                try:
+                    times = process.cpu_times()
+                except psutil.Error:
+                    continue
+                # A process's own time and that of the children it has reaped: a task process that
+                # ended during the run still counts, once.
+                spent = times.user + times.system + times.children_user + times.children_system
+                found[name] = found.get(name, 0.0) + spent
+        return found
+
+
 def worker_pids(name: str) -> Callable[[], list[int]]:
     return lambda: [json.loads(STATE_FILE.read_text())[name]]
 
@@ -344,16 +380,18 @@ def single_calls(client: Any, store: Store, count: int = 20) -> list[float]:
 # -- the report --------------------------------------------------------------------------------
 
 
-def targets(results: dict[tuple[str, int], list[tuple[float, PeakMemory]]], sizes: list[int]) -> list[str]:
+def targets(
+    results: dict[tuple[str, int], list[tuple[float, PeakMemory, int]]], sizes: list[int]
+) -> list[str]:
     """Return the report's lines on the targets: the product against the limit and the alternatives."""
 
     def rate(variant: str, size: int) -> float | None:
         runs = results.get((variant, size))
-        return statistics.median(size / seconds for seconds, _ in runs) if runs else None
+        return statistics.median(n / seconds for seconds, _, n in runs) if runs else None
 
     def memory(variant: str, size: int) -> float | None:
         runs = results.get((variant, size))
-        return max(m.peak_process for _, m in runs) if runs else None
+        return max(m.peak_process for _, m, _ in runs) if runs else None
 
     lines = ["", "| target | measured | met |", "|---|---|---|"]
     per_request = max((rate("task-per-request", size) or 0 for size in sizes), default=0) or None
@@ -375,6 +413,30 @@ def targets(results: dict[tuple[str, int], list[tuple[float, PeakMemory]]], size
     return lines if len(lines) > 3 else []
 
 
+def cpu_table(product_cpu: dict[int, dict[str, float]]) -> list[str]:
+    """Return where the product's CPU went: seconds per 1,000 requests by component, last run of each size."""
+    if not product_cpu:
+        return []
+    sizes = sorted(product_cpu)
+    names = sorted(
+        {name for seconds in product_cpu.values() for name in seconds},
+        key=lambda n: -product_cpu[sizes[-1]].get(n, 0),
+    )
+    lines = [
+        "",
+        "Product: CPU seconds per 1,000 requests, by component (its last run of each size)",
+        "",
+        "| component | " + " | ".join(f"{size:,}" for size in sizes) + " |",
+        "|---|" + "---|" * len(sizes),
+    ]
+    for name in names:
+        cells = [f"{1000 * product_cpu[size].get(name, 0.0) / size:.2f}" for size in sizes]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    totals = [f"{1000 * sum(product_cpu[size].values()) / size:.2f}" for size in sizes]
+    lines.append("| all | " + " | ".join(totals) + " |")
+    return lines
+
+
 def machine() -> str:
     model = next(
         (
@@ -393,6 +455,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="1000,10000,50000")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--variants", default="limit,product,task-per-request,seed")
+    parser.add_argument("--per-request-max", type=int, default=200)
     parser.add_argument("--in-flight", type=int, default=64)
     parser.add_argument("--single-calls", type=int, default=20)
     args = parser.parse_args()
@@ -420,7 +483,8 @@ def main() -> None:
     client = MedicalInsuranceClient(API, "admin", admin_password(), timeout=60)
     store = Store()
     seed = SeedWorker(16) if "seed" in variants else None
-    results: dict[tuple[str, int], list[tuple[float, PeakMemory]]] = {}
+    results: dict[tuple[str, int], list[tuple[float, PeakMemory, int]]] = {}
+    product_cpu: dict[int, dict[str, float]] = {}
     try:
         for size in sizes:
             for variant in variants:
@@ -428,19 +492,22 @@ def main() -> None:
                     continue
                 for attempt in range(args.repeat):
                     tag = f"bench-{variant}-{size}-{datetime.now():%H%M%S}-{attempt}"
-                    batch = make_requests(size, tag)
+                    count = min(size, args.per_request_max) if variant == "task-per-request" else size
+                    batch = make_requests(count, tag)
                     requests.post(f"{SANDBOX}/_sandbox/reset", json={}, timeout=10)
                     if variant == "limit":
                         outcome = run_limit(batch, tag, args.in_flight)
                     elif variant == "product":
-                        outcome = run_product(batch, tag, client, store)
+                        with CpuByComponent() as cpu:
+                            outcome = run_product(batch, tag, client, store)
+                        product_cpu[size] = cpu.seconds
                     elif variant == "task-per-request":
                         outcome = run_task_per_request(batch, tag, api, store)
                     else:
                         outcome = run_seed(batch, tag, seed, store)
-                    results.setdefault((variant, size), []).append(outcome)
+                    results.setdefault((variant, size), []).append((*outcome, count))
                     print(
-                        f"  {variant:<17} {size:>6}: {size / outcome[0]:8.1f} requests/s "
+                        f"  {variant:<17} {count:>6}: {count / outcome[0]:8.1f} requests/s "
                         f"({outcome[0]:.1f} s, peak {outcome[1].peak_process:.0f} MiB per process)",
                         flush=True,
                     )
@@ -461,18 +528,22 @@ def main() -> None:
         "|---|---|---|---|---|---|---|",
     ]
     for size in sizes:
-        limit = statistics.median(size / s for s, _ in results.get(("limit", size), [(float("nan"), None)]))
+        limit = statistics.median(
+            n / s for s, _, n in results.get(("limit", size), [(float("nan"), None, 0)])
+        )
         for variant in variants:
             runs = results.get((variant, size))
             if not runs:
                 continue
-            rate = statistics.median(size / seconds for seconds, _ in runs)
+            rate = statistics.median(n / seconds for seconds, _, n in runs)
             lines.append(
-                f"| {variant} | {size:,} | {rate:,.1f} | {rate / limit:.2f} | "
-                f"{statistics.median(s for s, _ in runs):.1f} | {max(m.peak_process for _, m in runs):.0f} | "
-                f"{max(m.peak_tree for _, m in runs):.0f} |"
+                f"| {variant} | {runs[0][2]:,} | {rate:,.1f} | {rate / limit:.2f} | "
+                f"{statistics.median(s for s, _, _ in runs):.1f} | "
+                f"{max(m.peak_process for _, m, _ in runs):.0f} | "
+                f"{max(m.peak_tree for _, m, _ in runs):.0f} |"
             )
     lines += targets(results, sizes)
+    lines += cpu_table(product_cpu)
     if calls:
         calls.sort()
         p95 = calls[min(len(calls) - 1, round(0.95 * (len(calls) - 1)))]
