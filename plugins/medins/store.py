@@ -873,6 +873,16 @@ class StatusStore:
             if value is not None:
                 clauses.append(f"{column} = {self._ph}")
                 args.append(value)
+        return self._where_created(clauses, args, created_from, created_to)
+
+    def _where_created(
+        self,
+        clauses: list[str],
+        args: list[Any],
+        created_from: datetime | None,
+        created_to: datetime | None,
+    ) -> tuple[str, list[Any]]:
+        """Join ``clauses`` and a ``created_at`` range (either end open) into a WHERE clause."""
         if created_from is not None:
             clauses.append(f"created_at >= {self._ph}")
             args.append(self._timestamp(created_from))

@@ -155,10 +155,4 @@ class ReportStore(StatusStore):
             )
             clauses.append(f"{field} IN ({self._marks(dags) or 'NULL'})")
             args.extend(dags)
-        if created_from is not None:
-            clauses.append(f"created_at >= {self._ph}")
-            args.append(self._timestamp(created_from))
-        if created_to is not None:
-            clauses.append(f"created_at <= {self._ph}")
-            args.append(self._timestamp(created_to))
-        return "WHERE " + " AND ".join(clauses), args
+        return self._where_created(clauses, args, created_from, created_to)
