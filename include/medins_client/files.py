@@ -365,7 +365,8 @@ def _number(where: str, value: Any, *, integer: bool) -> int | float:
     if isinstance(value, str):
         text = value.strip()
         if not _NUMBER.match(text):
-            raise InputError(f"{where} must be {expected}, got {text!r}")
+            # The text itself stays out of the message: a misplaced column may hold a name.
+            raise InputError(f"{where} must be {expected}, got text that is not one ({len(text)} characters)")
         value = int(text) if _INTEGER.match(text) else float(text)
     if integer and isinstance(value, float):
         if not value.is_integer():

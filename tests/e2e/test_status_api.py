@@ -210,6 +210,7 @@ def test_get_task_masks_personal_data_unless_full(api, batch):
         batch["batch_id"],
     )
     assert full["request"]["data"] == sent["data"]
+    assert masked["request"]["request_id"] == masked["task_id"] == sent["request_id"]
     assert masked["request"]["data"]["mdtrt_cert_type"] == sent["data"]["mdtrt_cert_type"]
     for field in ("mdtrt_cert_no", "psn_name"):
         assert masked["request"]["data"][field] != sent["data"][field]

@@ -221,7 +221,7 @@ class TestCsvFiles:
             ("api_code,org_code,data\n5301,H1,\n", "row 2: the data cell is empty"),
             (
                 "api_code,org_code,data.page_num\n1312,H1,ten\n",
-                "row 2: data.page_num must be an integer, got 'ten'",
+                "row 2: data.page_num must be an integer, got text that is not one (3 characters)",
             ),
             (
                 "api_code,org_code,data.page_num\n1312,H1,1.5\n",
@@ -262,6 +262,15 @@ class TestCsvFiles:
 
         assert message in str(refused.value)
         assert str(path) in str(refused.value)
+
+    def test_a_name_in_a_number_column_is_not_quoted_in_the_refusal(self, tmp_path):
+        path = write_csv(tmp_path / "shifted.csv", "api_code,org_code,data.medfee_sumamt\n2207,H1,张三丰\n")
+
+        with pytest.raises(InputError) as refused:
+            read_requests(path)
+
+        assert "row 2: data.medfee_sumamt must be a number" in str(refused.value)
+        assert "张三丰" not in str(refused.value)
 
     def test_bytes_that_are_not_text_are_refused(self, tmp_path):
         path = tmp_path / "binary.csv"

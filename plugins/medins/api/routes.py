@@ -389,6 +389,9 @@ def _personal_fields() -> frozenset[str]:
     return DEFAULT_PERSONAL_FIELDS | load_catalog().personal_fields
 
 
+_REQUEST_IDS = ("request_id", "api_code", "org_code")
+
+
 def _task(row: RequestRow, *, full: bool = False) -> Task:
     """Return a request row as the API shows it, personal data masked unless ``full``."""
     data = row.data or {}
@@ -398,7 +401,9 @@ def _task(row: RequestRow, *, full: bool = False) -> Task:
     error = row.error
     if not full:
         fields = _personal_fields()
-        request = mask_data(request, fields)
+        # The request's own ids are shown whole, as task_id, api_code and org_code already are.
+        shown = {key: request[key] for key in _REQUEST_IDS if key in request}
+        request = {**mask_data(request, fields), **shown} if isinstance(request, dict) else request
         result = mask_data(result, fields)
         err_msg = mask_text(err_msg) if isinstance(err_msg, str) else err_msg
         error = mask_text(error) if error else error
