@@ -312,7 +312,7 @@ class MedicalInsuranceClient:
             f"/batches/{_quote(batch_id)}",
             not_found=lambda detail: BatchNotFound(
                 f"no batch {batch_id} in the status table ({detail}). A just-submitted batch is "
-                "stored when its register task runs: wait_for_batch waits for it",
+                "stored when its register task runs (wait_for_batch and `medins submit --wait` wait for it)",
                 batch_id,
             ),
         )

@@ -337,6 +337,8 @@ def test_get_batch_reports_its_progress_and_registration(api, batch):
     )
     assert body["already_stored"] == 0
     assert body["created_at"] and body["updated_at"] and body["finished_at"]
+    offsets = {stamp[19:].lstrip(".0123456789") for stamp in (body["created_at"], body["finished_at"])}
+    assert len(offsets) == 1 and offsets <= {"Z", "+00:00"}, offsets  # every time in UTC, one style
     assert get(api, "/batches/no-such-batch").status_code == 404
 
 

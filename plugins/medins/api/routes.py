@@ -373,8 +373,13 @@ def _batch(row: RequestRow, counts: dict[str, int]) -> Batch:
         chunks=info.get("chunks"),
         created_at=row.created_at,
         updated_at=row.updated_at,
-        finished_at=info.get("finished_at"),
+        finished_at=_in_utc(info.get("finished_at")),
     )
+
+
+def _in_utc(stamp: str | None) -> datetime | None:
+    """Return a time the batch row keeps in China time in UTC, as every other time of the API is."""
+    return datetime.fromisoformat(stamp).astimezone(UTC) if stamp else None
 
 
 def _success_rate(by_status: dict[str, int]) -> float:
