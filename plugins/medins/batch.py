@@ -13,7 +13,7 @@ import hashlib
 import math
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,6 +79,7 @@ def plan_batch(
     catalog: Catalog,
     institutions: Mapping[str, Any],
     chunk_size: int | None = None,
+    batch_ids: Collection[str] = frozenset(),
 ) -> BatchPlan:
     """
     Check every request and plan the batch's rows and chunks.
@@ -89,6 +90,8 @@ def plan_batch(
     :param institutions: The institutions the gateway Connection serves, by code.
     :param chunk_size: Requests per chunk, raised when the batch would need more than ``MAX_CHUNKS``;
         ``None`` to let :func:`auto_chunk_size` choose.
+    :param batch_ids: The requests' ids that are other batches' ids in the table
+        (:meth:`StatusStore.batch_ids_among`): the key is taken, so such a request is rejected.
     """
     requests = list(requests)
     rows: list[RequestRow] = []
@@ -107,7 +110,7 @@ def plan_batch(
         unstorable: list[str] = []
         request = _storable(request, "", unstorable)
         reasons, request_id = _check_request(
-            request, index, catalog, institutions, only_org, seen_ids, batch_id
+            request, index, catalog, institutions, only_org, seen_ids, batch_id, batch_ids
         )
         reasons.extend(unstorable)
         data = dict(request) if isinstance(request, Mapping) else {"raw": request}
@@ -167,11 +170,19 @@ def auto_chunk_size(requests: int, slots: int = CHUNK_SLOTS) -> int:
     return max(MIN_AUTO_CHUNK, math.ceil(requests / (slots * waves)))
 
 
+def generated_ids(batch_id: str, index: int) -> tuple[str, str]:
+    """
+    Return the ids a request without a usable ``request_id`` may be stored under, in order of choice.
+
+    A ``request_id`` never holds "+": the second cannot be taken by the caller nor by another request.
+    """
+    return f"{batch_id}-{index:06d}", f"{batch_id}+{index:06d}"
+
+
 def _generated_id(batch_id: str, index: int, chosen_ids: set[Any]) -> str:
     """Return the task id of a request without a usable ``request_id``: never one the caller chose."""
-    task_id = f"{batch_id}-{index:06d}"
-    # A request_id never holds "+": this form cannot be taken by the caller nor by another request.
-    return task_id if task_id not in chosen_ids else f"{batch_id}+{index:06d}"
+    first, spare = generated_ids(batch_id, index)
+    return first if first not in chosen_ids else spare
 
 
 def _check_request(
@@ -182,6 +193,7 @@ def _check_request(
     only_org: str | None,
     seen_ids: dict[str, int],
     batch_id: str,
+    batch_ids: Collection[str],
 ) -> tuple[list[str], str | None]:
     """
     Return the reasons a request is invalid, and its usable ``request_id`` if it has one.
@@ -204,6 +216,9 @@ def _check_request(
             request_id = None
         elif request_id == batch_id:
             reasons.append(f"request_id {request_id} is the id of the batch itself; choose another")
+            request_id = None
+        elif request_id in batch_ids:
+            reasons.append(f"request_id {request_id} is the id of another batch; choose another")
             request_id = None
         else:
             seen_ids[request_id] = index

@@ -30,14 +30,14 @@ import logging
 import os
 import re
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medins.batch import REQUEST_ID
+from medins.batch import generated_ids
 from medins.masking import mask_text
-from medins.states import RequestState
+from medins.states import RequestKind, RequestState
 from medins.store import RequestRow, StatusStore
 from medins.timeutil import now_cst
 
@@ -135,14 +135,13 @@ def file_inbox(
     :param batch_id: The night's batch.
     :param store: The status store holding the batch.
     :param first_index: Where the inbox's requests began in the list of requests registered (after
-        the recurring jobs'): ``plan_batch`` names a request whose ``request_id`` is invalid or
-        repeated ``<batch id>-<index>``.
+        the recurring jobs'): a row's ``data["index"]``, which finds a request whose ``request_id``
+        ``plan_batch`` refused and replaced.
     :return: How many files were processed and failed, and their requests accepted and rejected.
     """
     counts = dict.fromkeys(("processed", "failed", "requests", "accepted", "rejected"), 0)
-    stored = {row.task_id: row for row in store.rows(batch_id)} if inbox.files else {}
-    ids = _stored_ids(inbox.requests, batch_id, offset=first_index)
-    position = 0
+    stored = {row.data.get("index"): row for row in store.rows(batch_id)} if inbox.files else {}
+    position = first_index
 
     for entry in inbox.files:
         if not entry.read:
@@ -152,10 +151,10 @@ def file_inbox(
             continue
 
         rows = []
-        for number in entry.rows:
-            task_id = ids[position]
+        for number, request in zip(entry.rows, entry.requests, strict=True):
+            row = _row_of(request.get("request_id"), stored.get(position), batch_id, position, store)
             position += 1
-            rows.append((number, task_id, stored.get(task_id) or store.get(task_id)))
+            rows.append((number, row.task_id if row else str(request.get("request_id")), row))
         report = _report(entry, ds, batch_id, rows)
         _move_with_report(entry.path, inbox.folder / PROCESSED / ds, report)
         counts["processed"] += 1
@@ -211,18 +210,22 @@ def _read_file(path: Path, ds: str, catalog: Any) -> InboxFile:
     return entry
 
 
-def _stored_ids(requests: Iterable[dict[str, Any]], batch_id: str, *, offset: int) -> list[str]:
-    """Return the id each request is stored under, the way ``plan_batch`` chooses it."""
-    seen: set[str] = set()
-    ids = []
-    for index, request in enumerate(requests, start=offset):
-        request_id = request.get("request_id")
-        if isinstance(request_id, str) and REQUEST_ID.match(request_id) and request_id not in seen:
-            seen.add(request_id)
-            ids.append(request_id)
-        else:
-            ids.append(f"{batch_id}-{index:06d}")
-    return ids
+def _row_of(
+    request_id: Any, at_index: RequestRow | None, batch_id: str, index: int, store: StatusStore
+) -> RequestRow | None:
+    """
+    Return the row a request of the night's batch was stored as, or ``None``.
+
+    The batch's row at the request's place holds it under its own id, or, if ``plan_batch`` refused
+    the id (invalid, repeated, a batch's), under ``<batch id>-<index>``; otherwise an earlier
+    batch stored the id already.
+    """
+    if at_index is not None and (
+        at_index.task_id == request_id or at_index.task_id in generated_ids(batch_id, index)
+    ):
+        return at_index
+    found = store.get(request_id) if isinstance(request_id, str) else None
+    return found if found is not None and found.kind != RequestKind.BATCH else None
 
 
 def _report(

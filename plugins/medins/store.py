@@ -532,6 +532,23 @@ class StatusStore:
         found = self._select(f"WHERE task_id = {self._ph} AND kind = {self._ph}", [batch_id, "batch"])
         return found[0] if found else None
 
+    def batch_ids_among(self, ids: Iterable[str]) -> set[str]:
+        """Return those of ``ids`` that are batches' own rows: no request can be stored under them."""
+        wanted = sorted(set(ids))
+
+        def work(cursor: Any) -> set[str]:
+            found: set[str] = set()
+            for chunk in _chunks(wanted, self.chunk_size):
+                marks = self._marks(chunk)
+                cursor.execute(
+                    f"SELECT task_id FROM {TABLE} WHERE kind = {self._ph} AND task_id IN ({marks})",
+                    [RequestKind.BATCH.value, *chunk],
+                )
+                found.update(record[0] for record in cursor.fetchall())
+            return found
+
+        return self._transaction(work) if wanted else set()
+
     def fetch_chunk(
         self, batch_id: str, chunk_no: int, statuses: Collection[str] | None = None
     ) -> list[RequestRow]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from medins.batch import BatchPlan, batch_id_for, plan_batch
@@ -48,13 +48,15 @@ def register_batch(
     run: nothing is stored and no chunk is returned, so no request is sent by two runs at once.
     """
     batch_id = batch_id_for(run_id, batch_id)
-    plan = plan_for(requests, batch_id=batch_id, chunk_size=chunk_size, medins_conn_id=medins_conn_id)
 
     with StatusStore.from_conn_id(status_conn_id) as store:
         existing = _existing_batch(store, batch_id)
         if owner := _sent_by_another_run(existing, run_id, run_is_active):
             _leave_to(batch_id, owner)
             return []
+        plan = plan_for(
+            store, requests, batch_id=batch_id, chunk_size=chunk_size, medins_conn_id=medins_conn_id
+        )
         stored = store_plan(store, plan, existing, status=BatchState.RUNNING, dag_id=dag_id, run_id=run_id)
         open_chunks = store.open_chunks(batch_id)
         progress = refresh_progress(store, batch_id)
@@ -83,10 +85,12 @@ def store_batch(
     triggered with the batch id. A batch a run is sending keeps its state: its new requests are
     sent by a later run.
     """
-    plan = plan_for(requests, batch_id=batch_id, chunk_size=chunk_size, medins_conn_id=medins_conn_id)
     kwargs = {} if outage_seconds is None else {"outage_seconds": outage_seconds}
     with StatusStore.from_conn_id(status_conn_id, **kwargs) as store:
         existing = _existing_batch(store, batch_id)
+        plan = plan_for(
+            store, requests, batch_id=batch_id, chunk_size=chunk_size, medins_conn_id=medins_conn_id
+        )
         status = existing.status if existing else BatchState.STORED
         stored = store_plan(store, plan, existing, status=status)
         refresh_progress(store, batch_id)
@@ -139,20 +143,28 @@ def take_stored_batch(
 
 
 def plan_for(
+    store: StatusStore,
     requests: Sequence[Any],
     *,
     batch_id: str,
     chunk_size: int | None,
     medins_conn_id: str = MedicalInsuranceHook.default_conn_name,
 ) -> BatchPlan:
-    """Check a batch's requests against the catalog and the gateway Connection's institutions."""
+    """
+    Check a batch's requests against the catalog, the gateway Connection's institutions and the table.
+
+    A request whose ``request_id`` is another batch's id is rejected: stored under that id, it would
+    look already stored and never be sent.
+    """
     hook = MedicalInsuranceHook(medins_conn_id=medins_conn_id)
+    chosen = (request.get("request_id") for request in requests if isinstance(request, Mapping))
     return plan_batch(
         requests,
         batch_id=batch_id,
         catalog=hook.catalog,
         institutions=hook.institutions,
         chunk_size=chunk_size,
+        batch_ids=store.batch_ids_among(rid for rid in chosen if isinstance(rid, str)),
     )
 
 

@@ -72,6 +72,28 @@ def test_a_second_run_for_a_stored_batch_sends_nothing_that_is_final(airflow_db,
 
 
 @pytest.mark.e2e
+def test_a_request_named_after_another_batch_is_rejected_not_taken_as_stored(
+    airflow_db, gateway, status_backend
+):
+    from medins.store import StatusStore
+    from medins.tasks import store_batch
+
+    earlier, later = f"earlier-{status_backend}", f"later-{status_backend}"
+    store_batch(sample_requests(2, earlier), batch_id=earlier)
+    request = {**sample_requests(1, later)[0], "request_id": earlier}
+
+    stored = store_batch([request], batch_id=later)
+
+    with StatusStore.from_conn_id("medins_status_default") as store:
+        (row,) = store.rows(later)
+        earlier_batch = store.get_batch(earlier)
+    assert (stored["stored"], stored["rejected"], stored["already_stored"]) == (1, 1, 0)
+    assert row.task_id == f"{later}-000000" and row.status == "REJECTED"
+    assert row.error == f"request_id {earlier} is the id of another batch; choose another"
+    assert earlier_batch.kind == "batch" and earlier_batch.data["submitted"] == 50
+
+
+@pytest.mark.e2e
 def test_a_run_for_a_batch_never_stored_fails_and_says_how_to_store_it(airflow_db, gateway, status_backend):
     from airflow.sdk.exceptions import AirflowFailException
 

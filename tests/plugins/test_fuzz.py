@@ -380,6 +380,23 @@ class TestConfValidator:
         assert [row.status for row in result.rows] == ["PENDING", "PENDING", "REJECTED"]
         assert "is the id of the batch itself" in result.rows[2].error
 
+    def test_a_request_id_that_is_another_batchs_id_is_rejected_and_stored_under_its_place(self):
+        good = {"api_code": "5301", "org_code": ORG, "data": {"psn_no": "4401"}}
+
+        result = plan_batch(
+            [{**good, "request_id": "night-1"}, {**good, "request_id": "r2"}],
+            batch_id=BATCH,
+            catalog=CATALOG,
+            institutions=INSTITUTIONS,
+            batch_ids={"night-1"},
+        )
+
+        assert [(row.task_id, row.status) for row in result.rows] == [
+            (f"{BATCH}-000000", "REJECTED"),
+            ("r2", "PENDING"),
+        ]
+        assert result.rows[0].error == "request_id night-1 is the id of another batch; choose another"
+
     @pytest.mark.parametrize("pattern", ["requests", "batch_id"])
     def test_the_schema_refuses_an_id_with_a_trailing_newline(self, pattern):
         good = {"api_code": "5301", "org_code": ORG, "data": {"psn_no": "4401"}}

@@ -169,6 +169,33 @@ class TestBadRows:
         assert "is not configured in the gateway Connection" in filed["rejected_rows"][1]["reason"]
         assert CERT_NO not in text
 
+    def test_rows_whose_ids_were_refused_are_reported_rejected_with_the_reason(self, tmp_path, inbox, store):
+        from medins.states import BatchState
+
+        with store() as opened:
+            opened.put_batch("nightly-2026-12-01", BatchState.DONE)
+        query = {
+            "api_code": "1312",
+            "org_code": ORGS[0],
+            "data": {"query_date": DS, "page_num": 1, "page_size": 10},
+        }
+        ids = ["pharmacy-001", "pharmacy-001", "nightly-2026-12-01", "not an id"]
+        requests = [{**query, "request_id": request_id} for request_id in ids]
+        (inbox / "pharmacy.json").write_text(json.dumps(requests), encoding="utf-8")
+
+        night(tmp_path, inbox)
+
+        filed = report(inbox, "processed", "pharmacy.json")
+        with store() as opened:
+            earlier = opened.get_batch("nightly-2026-12-01")
+        assert (filed["requests"], filed["accepted"], filed["rejected"]) == (4, 1, 3)
+        assert [row["row"] for row in filed["rejected_rows"]] == [2, 3, 4]
+        reasons = [row["reason"] for row in filed["rejected_rows"]]
+        assert "duplicate request_id pharmacy-001" in reasons[0]
+        assert "is the id of another batch" in reasons[1]
+        assert "request_id must be" in reasons[2]
+        assert earlier.status == "DONE" and earlier.kind == "batch"
+
 
 class TestUnreadableFiles:
     def test_a_file_that_is_not_json_goes_to_failed_with_the_readers_message(self, tmp_path, inbox, store):

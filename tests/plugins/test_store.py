@@ -467,6 +467,21 @@ class TestReads:
         assert store.open_chunks("b1") == {1, 2}
         assert store.open_chunks("none") == set()
 
+    def test_batch_ids_among_names_the_ids_taken_by_batches_only(
+        self, statements: tuple[StatusStore, list[str]]
+    ) -> None:
+        counting, log = statements
+        counting.register(make_rows(2))
+        counting.put_batch("b1", BatchState.RUNNING)
+        counting.put_batch("B2", BatchState.DONE)
+        log.clear()
+
+        ids = ["b1", "b1-000000", "b2", "B2", "none", *(f"x{i}" for i in range(1500))]
+        assert counting.batch_ids_among(ids) == {"b1", "B2"}
+        assert len(log) == 2  # 1,505 ids: one SELECT per 1,000
+        assert counting.batch_ids_among([]) == set()
+        assert len(log) == 2
+
     def test_get_returns_none_for_an_unknown_task_id(self, store: StatusStore) -> None:
         assert store.get("nope") is None
         assert store.get_batch("nope") is None
