@@ -19,6 +19,7 @@ from collections import Counter
 from pathlib import Path
 
 import requests
+from tenacity import Retrying, retry_if_result, stop_after_attempt, wait_fixed
 
 ROOT = Path(__file__).resolve().parents[1]
 HOME = Path(os.environ["AIRFLOW_HOME"])
@@ -105,11 +106,32 @@ def start_stack(components: Components, *, with_sandbox: bool) -> None:
 
 
 def trigger(requests_: list[dict], run_id: str) -> None:
-    response = requests.post(
-        f"{API}/api/v2/dags/{DAG_ID}/dagRuns",
-        json={"dag_run_id": run_id, "logical_date": None, "conf": {"requests": requests_}},
-        timeout=60,
+    """
+    Trigger the demo's run, trying again after a 5xx: a try after one that failed finds the run (409).
+
+    On SQLite, Airflow's api-server can fail a write with "Database error" after a 5 s wait when it
+    meets tasks starting (as the scheduled DAGs' first runs do when Airflow starts).
+    """
+
+    def post() -> requests.Response:
+        response = requests.post(
+            f"{API}/api/v2/dags/{DAG_ID}/dagRuns",
+            json={"dag_run_id": run_id, "logical_date": None, "conf": {"requests": requests_}},
+            timeout=60,
+        )
+        if response.status_code >= 500:
+            print(f"  Airflow answered {response.status_code} ({response.text[:200]}); trying again")
+        return response
+
+    tries = Retrying(
+        retry=retry_if_result(lambda response: response.status_code >= 500),
+        stop=stop_after_attempt(5),
+        wait=wait_fixed(2),
+        retry_error_callback=lambda state: state.outcome.result(),
     )
+    response = tries(post)
+    if response.status_code == 409 and tries.statistics["attempt_number"] > 1:
+        return  # made by a try whose reply was an error
     if response.status_code >= 300:
         raise SystemExit(f"Trigger refused ({response.status_code}): {response.text[:2000]}")
 
