@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import socket
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
@@ -66,6 +67,13 @@ def sandbox(sandbox_server):
     sandbox_server.reset()
     yield sandbox_server
     sandbox_server.set_faults(**NO_FAULTS)
+
+
+def unused_port() -> int:
+    """Return a loopback port nothing listens on now: free to start a server on, refused to connect to."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def gateway_connection(port: int, *, password: str = SANDBOX_SECRET, orgs: int = 2, **extra) -> dict:

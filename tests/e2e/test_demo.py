@@ -2,26 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
-import socket
 import sqlite3
 import subprocess
 import time
 
+import psutil
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, unused_port
 
 pytestmark = pytest.mark.e2e
 
-SAMPLE_SIZE = 1174  # include/samples/demo_batch.json
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+SAMPLE_SIZE = len(json.loads((ROOT / "include/samples/demo_batch.json").read_text(encoding="utf-8")))
 
 
 def test_the_demo_runs_from_an_empty_home_and_prints_what_the_table_holds(tmp_path):
@@ -29,7 +24,7 @@ def test_the_demo_runs_from_an_empty_home_and_prints_what_the_table_holds(tmp_pa
     # The demo's own settings only: none of the test session's Airflow or medins variables.
     env = {key: value for key, value in os.environ.items() if not key.startswith(("AIRFLOW", "MEDINS_"))}
     env.update(
-        AIRFLOW_HOME=str(home), AIRFLOW__API__PORT=str(free_port()), MEDINS_SANDBOX_PORT=str(free_port())
+        AIRFLOW_HOME=str(home), AIRFLOW__API__PORT=str(unused_port()), MEDINS_SANDBOX_PORT=str(unused_port())
     )
 
     done = subprocess.run(
@@ -64,15 +59,13 @@ def test_the_demo_runs_from_an_empty_home_and_prints_what_the_table_holds(tmp_pa
 
 
 def _processes_under(home) -> list[int]:
-    """Return the pids whose command line or environment names the demo's Airflow home."""
+    """Return the pids of processes whose environment holds the demo's Airflow home."""
     found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
+    for process in psutil.process_iter():
         try:
-            with open(f"/proc/{entry}/environ", "rb") as environ:
-                if f"AIRFLOW_HOME={home}".encode() in environ.read():
-                    found.append(int(entry))
-        except OSError:
+            environ = process.environ()
+        except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
             continue
+        if environ.get("AIRFLOW_HOME") == str(home):
+            found.append(process.pid)
     return found

@@ -26,7 +26,7 @@ import pytest
 
 from medins.states import FINAL, OPEN, BatchState, RequestKind, RequestState
 from medins.store import BatchIdTaken, RequestRow, StatusStore, split_statements
-from tests.conftest import MYSQL_SERVER, mariadb_connect
+from tests.conftest import MYSQL_SERVER, mariadb_connect, unused_port
 
 CONN_ID = "medins_status_test"
 CONN_ENV = f"AIRFLOW_CONN_{CONN_ID.upper()}"
@@ -1013,7 +1013,7 @@ class TestConnection:
     def test_mariadb_out_of_reach_for_a_while_is_waited_out(
         self, backend: Backend, store: StatusStore, caplog: pytest.LogCaptureFixture
     ) -> None:
-        closed = _closed_port()
+        closed = unused_port()
         back_at = time.monotonic() + 2.0
 
         def connect() -> Any:  # connection refused until the server is back
@@ -1030,7 +1030,7 @@ class TestConnection:
     def test_mariadb_out_of_reach_longer_than_the_allowance_raises(self, backend: Backend) -> None:
         import MySQLdb
 
-        closed = _closed_port()
+        closed = unused_port()
         started = time.monotonic()
 
         with (
@@ -1109,15 +1109,6 @@ class TestSplitStatements:
 
         for path in sorted((DEFAULT_SQL_DIR / dialect).glob("*.sql")):
             assert split_statements(path.read_text(encoding="utf-8"))
-
-
-def _closed_port() -> int:
-    """Return a loopback port nothing listens on: connecting to it is refused."""
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _refused(port: int) -> Any:
