@@ -120,7 +120,10 @@ def trigger(requests_: list[dict], run_id: str) -> None:
             timeout=60,
         )
         if response.status_code >= 500:
-            print(f"  Airflow answered {response.status_code} ({response.text[:200]}); trying again")
+            print(
+                f"  Airflow answered {response.status_code} (on SQLite a write can fail while tasks "
+                "are starting); trying again in 2 s"
+            )
         return response
 
     tries = Retrying(
